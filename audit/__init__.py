@@ -1,0 +1,1 @@
+"""condo-audit's domain: CNPJ, models, rules, providers. Imports neither FastAPI nor Celery."""

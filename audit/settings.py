@@ -1,0 +1,61 @@
+"""The platform's one Settings object, read from environment variables.
+
+Defaults run a laptop: SQLite in the working directory, Redis on loopback and the provider
+simulator on port 8100. Every deployment setting is an environment variable of the same
+name in upper case (``REDIS_URL``, ``DATABASE_URL``, ...).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    # Infrastructure
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite:///./condo_audit.db"
+    audit_queue: str = Field(
+        default="audit", description="Celery queue for audit work; KEDA scales on this list."
+    )
+    broker_visibility_timeout_seconds: int = Field(
+        default=3600,
+        description="Must exceed the longest retry countdown, or a message is delivered twice.",
+    )
+
+    # API
+    max_batch_size: int = 1000
+    max_request_bytes: int = 2_000_000
+    public_base_url: str = ""
+
+    # Retry policy for provider failures
+    max_attempts: int = Field(default=5, ge=1, description="Failed attempts before dead-letter.")
+    retry_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=600.0, gt=0)
+    retry_jitter_ratio: float = Field(default=0.1, ge=0, le=1)
+
+    # Providers
+    provider_timeout_seconds: float = 10.0
+    cnpj_providers: list[str] = Field(
+        default=["cnpjws"], description="CNPJ lookup providers, tried in this order."
+    )
+    cnpjws_base_url: str = "http://127.0.0.1:8100/cnpjws"
+    cnpjws_token: SecretStr | None = None
+    minha_receita_base_url: str = "http://127.0.0.1:8100/minha-receita"
+    pluggy_base_url: str = "http://127.0.0.1:8100/pluggy"
+    pluggy_client_id: str = "local-client"
+    pluggy_client_secret: SecretStr = SecretStr("local-secret")
+
+    # Worker
+    worker_heartbeat_file: str = "/tmp/condo-audit-worker-heartbeat"  # noqa: S108
+    worker_heartbeat_seconds: float = 10.0
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own Settings instead."""
+    return Settings()
