@@ -1,0 +1,1 @@
+"""External providers: CNPJ registries and Pluggy bank transactions."""

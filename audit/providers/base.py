@@ -1,0 +1,94 @@
+"""The seam between the audit and the outside world: what a provider returns and raises."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol
+
+
+class RegistrationStatus(StrEnum):
+    """Receita Federal's situação cadastral (minha-receita codes 1, 2, 3, 4, 8)."""
+
+    NULA = "NULA"
+    ATIVA = "ATIVA"
+    SUSPENSA = "SUSPENSA"
+    INAPTA = "INAPTA"
+    BAIXADA = "BAIXADA"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A supplier's registration; found=False records that the CNPJ does not exist."""
+
+    cnpj: str
+    found: bool
+    provider: str
+    legal_name: str | None = None
+    status: RegistrationStatus | None = None
+    status_date: dt.date | None = None
+    opened_on: dt.date | None = None
+    main_cnae: str | None = None
+    legal_nature: str | None = None
+    is_mei: bool | None = None
+    is_simples: bool | None = None
+
+
+@dataclass(frozen=True)
+class BankTransactionRecord:
+    id: str
+    account_id: str
+    date: dt.date
+    description: str
+    amount: Decimal
+    type: str  # DEBIT or CREDIT
+    status: str  # PENDING or POSTED
+    receiver_document: str | None = None
+
+
+class ProviderError(Exception):
+    """A provider call that did not give an answer."""
+
+    def __init__(self, provider: str, reason: str) -> None:
+        super().__init__(f"{provider}: {reason}")
+        self.provider = provider
+        self.reason = reason
+
+
+class ProviderUnavailable(ProviderError):
+    """Timeout, connection error, 5xx or 429: worth retrying later."""
+
+    def __init__(self, provider: str, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(provider, reason)
+        self.retry_after = retry_after
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request as invalid (400): retrying will not help."""
+
+
+class RateLimitWait(Exception):
+    """The fleet-wide limiter has no budget now; not a failure, just come back later."""
+
+    def __init__(self, provider: str, wait_seconds: float) -> None:
+        super().__init__(f"{provider}: rate limit, wait {wait_seconds:.2f}s")
+        self.provider = provider
+        self.wait_seconds = wait_seconds
+
+
+class CnpjLookup(Protocol):
+    name: str
+
+    def lookup(self, cnpj: str) -> Registration:
+        """The registration, found=False when the registry has no such CNPJ."""
+        ...
+
+
+class TransactionSource(Protocol):
+    name: str
+
+    def fetch(self, account_id: str, start: dt.date, end: dt.date) -> list[BankTransactionRecord]:
+        """All transactions of an account between start and end, inclusive."""
+        ...

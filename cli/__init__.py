@@ -1,0 +1,1 @@
+"""The `condo-audit` command line."""
