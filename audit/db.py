@@ -18,7 +18,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 def make_engine(database_url: str) -> Engine:
     """An engine tuned per backend: SQLite gets WAL and a busy timeout for many processes."""
     if database_url.startswith("sqlite"):
-        engine = create_engine(database_url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            database_url, connect_args={"timeout": 30, "check_same_thread": False}
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]

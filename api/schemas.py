@@ -1,0 +1,179 @@
+"""Request and response bodies. Requests are strict: unknown fields and bad values are 422."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from audit.cnpj import pydantic_cnpj
+
+MIN_DATE = dt.date(2000, 1, 1)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+CNPJField = Annotated[str, Field(min_length=14, max_length=18), AfterValidator(pydantic_cnpj)]
+
+
+def clean_text(value: str) -> str:
+    """Drop control characters (keeping tab and newline) and surrounding blanks."""
+    return _CONTROL.sub("", value).strip()
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=2000)
+
+
+class ExpenseIn(StrictModel):
+    external_id: str = Field(min_length=1, max_length=100, pattern=r"^[\w.:/\-]+$")
+    supplier_cnpj: CNPJField
+    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    date: dt.date
+    description: str = Field(min_length=1, max_length=500)
+    category: str = Field(min_length=1, max_length=50, pattern=r"^[a-z0-9_\-]+$")
+    invoice_number: str | None = Field(default=None, min_length=1, max_length=60)
+
+    @field_validator("description")
+    @classmethod
+    def _clean_description(cls, value: str) -> str:
+        cleaned = clean_text(value)
+        if not cleaned:
+            raise ValueError("description must contain visible characters")
+        return cleaned
+
+    @field_validator("date")
+    @classmethod
+    def _date_in_range(cls, value: dt.date) -> dt.date:
+        latest = dt.date.today() + dt.timedelta(days=366)
+        if not MIN_DATE <= value <= latest:
+            raise ValueError(f"date must be between {MIN_DATE} and {latest}")
+        return value
+
+
+class BatchIn(StrictModel):
+    condominium_id: str = Field(min_length=1, max_length=36)
+    expenses: list[ExpenseIn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_external_ids(self) -> BatchIn:
+        seen: set[str] = set()
+        for item in self.expenses:
+            if item.external_id in seen:
+                raise ValueError(f"external_id {item.external_id!r} appears more than once")
+            seen.add(item.external_id)
+        return self
+
+
+class BatchAccepted(BaseModel):
+    task_id: str
+    batch_id: str
+    status: str
+    status_url: str
+    expenses: int
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    batch_id: str
+    condominium_id: str
+    status: str
+    progress: Progress
+    failed_attempts: int
+    summary: dict[str, Any] | None
+    error: str | None
+    trace_id: str | None
+    submitted_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class FindingOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    batch_id: str
+    condominium_id: str
+    expense_id: int | None
+    rule_code: str
+    severity: str
+    message: str
+    evidence: dict[str, Any]
+
+
+class FindingsPage(BaseModel):
+    items: list[FindingOut]
+    total: int
+    page: int
+    page_size: int
+
+
+class AuditLogEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    event: str
+    attempt: int | None
+    detail: dict[str, Any]
+    trace_id: str | None
+    created_at: dt.datetime
+
+
+class CondominiumIn(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+    cnpj: CNPJField | None = None
+    pluggy_account_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @field_validator("name")
+    @classmethod
+    def _clean_name(cls, value: str) -> str:
+        cleaned = clean_text(value)
+        if not cleaned:
+            raise ValueError("name must contain visible characters")
+        return cleaned
+
+
+class CondominiumOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    cnpj: str | None
+    pluggy_account_id: str | None
+    audit_settings: dict[str, Any]
+
+
+class DeadLetterOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    batch_id: str
+    task_name: str
+    payload: dict[str, Any]
+    provider: str | None
+    error: str
+    attempts: int
+    status: str
+    trace_id: str | None
+    first_failed_at: dt.datetime | None
+    dead_lettered_at: dt.datetime
+    replayed_at: dt.datetime | None
+    replay_count: int
+    discarded_at: dt.datetime | None
+
+
+class ReplayOut(BaseModel):
+    dead_letter: DeadLetterOut
+    task_id: str
+    enqueued: bool
+    status_url: str
+
+
+class ErrorOut(BaseModel):
+    detail: str

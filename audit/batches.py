@@ -1,0 +1,161 @@
+"""Batches: submission (validated, stored whole, idempotent) and the queries the API serves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from audit.auditlog import AuditEvent, AuditLogService
+from audit.models import Batch, Condominium, Expense, Finding
+from audit.tracing_context import current_trace_id
+
+
+class BatchStatus:
+    PENDING = "PENDING"
+    STARTED = "STARTED"
+    RETRY = "RETRY"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+
+@dataclass(frozen=True)
+class ExpenseInput:
+    external_id: str
+    supplier_cnpj: str  # canonical 14 characters
+    amount: Decimal
+    expense_date: dt.date
+    description: str
+    category: str
+    invoice_number: str | None
+
+
+@dataclass(frozen=True)
+class Submitted:
+    batch: Batch
+    created: bool  # False when an Idempotency-Key matched an earlier submission
+
+
+class UnknownCondominium(LookupError):
+    pass
+
+
+def condominium_for_tenant(session: Session, tenant_id: str, condominium_id: str) -> Condominium:
+    condominium = session.get(Condominium, condominium_id)
+    if condominium is None or condominium.tenant_id != tenant_id:
+        raise UnknownCondominium(condominium_id)
+    return condominium
+
+
+def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Batch | None:
+    query = select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key)
+    return session.scalar(query)
+
+
+def submit_batch(
+    session: Session,
+    tenant_id: str,
+    condominium_id: str,
+    expenses: list[ExpenseInput],
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Store a batch and its expenses in one transaction; the caller commits, then enqueues."""
+    condominium_for_tenant(session, tenant_id, condominium_id)
+    if idempotency_key is not None:
+        earlier = find_by_idempotency_key(session, tenant_id, idempotency_key)
+        if earlier is not None:
+            return Submitted(earlier, created=False)
+    batch = Batch(
+        tenant_id=tenant_id,
+        condominium_id=condominium_id,
+        idempotency_key=idempotency_key,
+        status=BatchStatus.PENDING,
+        expenses_total=len(expenses),
+        trace_id=current_trace_id(),
+    )
+    session.add(batch)
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent request with the same Idempotency-Key won the race.
+        session.rollback()
+        assert idempotency_key is not None
+        earlier = find_by_idempotency_key(session, tenant_id, idempotency_key)
+        if earlier is None:
+            raise
+        return Submitted(earlier, created=False)
+    session.execute(
+        insert(Expense),
+        [
+            {
+                "batch_id": batch.id,
+                "condominium_id": condominium_id,
+                "external_id": item.external_id,
+                "supplier_cnpj": item.supplier_cnpj,
+                "amount": item.amount,
+                "expense_date": item.expense_date,
+                "description": item.description,
+                "category": item.category,
+                "invoice_number": item.invoice_number,
+            }
+            for item in expenses
+        ],
+    )
+    AuditLogService(session).record(batch.id, AuditEvent.SUBMITTED, expenses=len(expenses))
+    return Submitted(batch, created=True)
+
+
+def batch_for_tenant(session: Session, tenant_id: str, batch_id: str) -> Batch | None:
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.tenant_id != tenant_id:
+        return None
+    return batch
+
+
+def findings_summary(session: Session, batch_id: str) -> dict[str, Any]:
+    rows = session.execute(
+        select(Finding.rule_code, Finding.severity, func.count())
+        .where(Finding.batch_id == batch_id)
+        .group_by(Finding.rule_code, Finding.severity)
+    ).all()
+    by_rule: Counter[str] = Counter()
+    by_severity: Counter[str] = Counter()
+    for rule_code, severity, count in rows:
+        by_rule[rule_code] += count
+        by_severity[severity] += count
+    return {
+        "findings": sum(by_rule.values()),
+        "by_rule": dict(sorted(by_rule.items())),
+        "by_severity": dict(sorted(by_severity.items())),
+    }
+
+
+@dataclass(frozen=True)
+class FindingFilter:
+    batch_id: str | None = None
+    condominium_id: str | None = None
+    rule_code: str | None = None
+    severity: str | None = None
+
+
+def list_findings(
+    session: Session, flt: FindingFilter, *, offset: int, limit: int
+) -> tuple[list[Finding], int]:
+    query = select(Finding)
+    if flt.batch_id is not None:
+        query = query.where(Finding.batch_id == flt.batch_id)
+    if flt.condominium_id is not None:
+        query = query.where(Finding.condominium_id == flt.condominium_id)
+    if flt.rule_code is not None:
+        query = query.where(Finding.rule_code == flt.rule_code)
+    if flt.severity is not None:
+        query = query.where(Finding.severity == flt.severity)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    page = session.scalars(query.order_by(Finding.id).offset(offset).limit(limit))
+    return list(page), total

@@ -1,0 +1,94 @@
+"""Dead letters: work that failed every attempt, kept with its payload until replayed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from audit.auditlog import AuditEvent, AuditLogService
+from audit.batches import BatchStatus
+from audit.models import Batch, DeadLetter
+
+
+class DeadLetterStatus:
+    OPEN = "OPEN"
+    REPLAYED = "REPLAYED"
+    DISCARDED = "DISCARDED"
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    dead_letter: DeadLetter
+    enqueue: bool  # False when it was already replayed or discarded (replay is idempotent)
+
+
+class DeadLetterService:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.audit_log = AuditLogService(session)
+
+    def get(self, dead_letter_id: str, tenant_id: str | None = None) -> DeadLetter | None:
+        letter = self.session.get(DeadLetter, dead_letter_id)
+        if letter is None or (tenant_id is not None and letter.tenant_id != tenant_id):
+            return None
+        return letter
+
+    def list(
+        self,
+        *,
+        tenant_id: str | None = None,
+        status: str | None = DeadLetterStatus.OPEN,
+        provider: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[DeadLetter]:
+        query = select(DeadLetter)
+        if tenant_id is not None:
+            query = query.where(DeadLetter.tenant_id == tenant_id)
+        if status is not None:
+            query = query.where(DeadLetter.status == status)
+        if provider is not None:
+            query = query.where(DeadLetter.provider == provider)
+        query = query.order_by(DeadLetter.dead_lettered_at, DeadLetter.id)
+        return list(self.session.scalars(query.offset(offset).limit(limit)))
+
+    def replay(self, letter: DeadLetter) -> ReplayOutcome:
+        """Reset the batch for a fresh run; the caller commits, then enqueues the batch."""
+        if letter.status != DeadLetterStatus.OPEN:
+            return ReplayOutcome(letter, enqueue=False)
+        batch = self.session.get(Batch, letter.batch_id)
+        assert batch is not None
+        letter.status = DeadLetterStatus.REPLAYED
+        letter.replayed_at = dt.datetime.now(dt.UTC)
+        letter.replay_count += 1
+        batch.status = BatchStatus.PENDING
+        batch.failed_attempts = 0
+        batch.error = None
+        batch.finished_at = None
+        self.audit_log.record(
+            batch.id,
+            AuditEvent.REPLAYED,
+            dead_letter_id=letter.id,
+            original_trace_id=letter.trace_id,
+        )
+        return ReplayOutcome(letter, enqueue=True)
+
+    def undo_replay(self, letter: DeadLetter, reason: str) -> None:
+        """Put a replay back when the enqueue itself failed, so the letter is not lost."""
+        batch = self.session.get(Batch, letter.batch_id)
+        assert batch is not None
+        letter.status = DeadLetterStatus.OPEN
+        batch.status = BatchStatus.FAILURE
+        batch.error = letter.error
+        self.audit_log.record(batch.id, AuditEvent.DEAD_LETTERED, reason=reason, replay_failed=True)
+
+    def discard(self, letter: DeadLetter) -> bool:
+        if letter.status != DeadLetterStatus.OPEN:
+            return False
+        letter.status = DeadLetterStatus.DISCARDED
+        letter.discarded_at = dt.datetime.now(dt.UTC)
+        self.audit_log.record(letter.batch_id, AuditEvent.DISCARDED, dead_letter_id=letter.id)
+        return True

@@ -1,0 +1,108 @@
+"""A batch's state machine as the worker drives it: start, retry, dead-letter, finish."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from audit.auditlog import AuditEvent, AuditLogService
+from audit.batches import BatchStatus
+from audit.models import AuditLogEntry, Batch, DeadLetter
+from audit.retry import RetryPolicy
+from audit.tracing_context import current_trace_id
+
+TERMINAL = frozenset({BatchStatus.SUCCESS, BatchStatus.FAILURE})
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    failed_attempts: int
+    countdown: float | None  # None: attempts exhausted, the batch was dead-lettered
+    dead_letter_id: str | None = None
+
+
+def start(session: Session, batch_id: str) -> Batch | None:
+    """Mark a run as started; None when the batch is unknown or already finished."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or batch.status in TERMINAL:
+        return None
+    batch.status = BatchStatus.STARTED
+    batch.started_at = batch.started_at or dt.datetime.now(dt.UTC)
+    AuditLogService(session).record(batch_id, AuditEvent.STARTED, attempt=batch.failed_attempts + 1)
+    return batch
+
+
+def rate_limited(session: Session, batch_id: str, provider: str, wait_seconds: float) -> None:
+    AuditLogService(session).record(
+        batch_id, AuditEvent.RATE_LIMITED, provider=provider, wait_seconds=round(wait_seconds, 3)
+    )
+
+
+def failed(
+    session: Session,
+    batch_id: str,
+    *,
+    provider: str,
+    reason: str,
+    task_name: str,
+    payload: dict[str, Any],
+    policy: RetryPolicy,
+) -> RetryDecision:
+    """Count a failed attempt; schedule a retry, or dead-letter when the policy is exhausted."""
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(failed_attempts=Batch.failed_attempts + 1)
+    )
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    assert batch is not None
+    audit_log = AuditLogService(session)
+    attempts = batch.failed_attempts
+    if not policy.exhausted(attempts):
+        countdown = policy.countdown(attempts)
+        batch.status = BatchStatus.RETRY
+        audit_log.record(
+            batch_id,
+            AuditEvent.RETRIED,
+            attempt=attempts,
+            provider=provider,
+            reason=reason,
+            countdown_seconds=round(countdown, 3),
+        )
+        return RetryDecision(attempts, countdown)
+
+    first_failure = session.scalar(
+        select(AuditLogEntry.created_at)
+        .where(AuditLogEntry.batch_id == batch_id, AuditLogEntry.event == AuditEvent.RETRIED)
+        .order_by(AuditLogEntry.id)
+        .limit(1)
+    )
+    now = dt.datetime.now(dt.UTC)
+    letter = DeadLetter(
+        batch_id=batch_id,
+        tenant_id=batch.tenant_id,
+        task_name=task_name,
+        payload=payload,
+        provider=provider,
+        error=reason,
+        attempts=attempts,
+        trace_id=current_trace_id() or batch.trace_id,
+        first_failed_at=first_failure or now,
+        dead_lettered_at=now,
+    )
+    session.add(letter)
+    session.flush()
+    batch.status = BatchStatus.FAILURE
+    batch.error = f"dead-lettered after {attempts} failed attempts: {reason}"
+    batch.finished_at = now
+    audit_log.record(
+        batch_id,
+        AuditEvent.DEAD_LETTERED,
+        attempt=attempts,
+        provider=provider,
+        reason=reason,
+        dead_letter_id=letter.id,
+    )
+    return RetryDecision(attempts, None, letter.id)

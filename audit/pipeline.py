@@ -1,0 +1,199 @@
+"""The audit of one batch: resolve suppliers, fetch bank transactions, apply the rules, store.
+
+Provider errors propagate to the caller (the Celery task), which owns retries. Storing the
+findings replaces the batch's earlier ones in one transaction, so any re-run is idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from audit.auditlog import AuditEvent, AuditLogService
+from audit.batches import BatchStatus, findings_summary
+from audit.models import BankTransaction, Batch, Condominium, Expense
+from audit.providers.base import BankTransactionRecord, Registration, TransactionSource
+from audit.rules import ExpenseFacts, RuleSettings, evaluate_batch
+
+HISTORY_DAYS = 365
+
+
+class SupplierSource(Protocol):
+    def get(self, cnpj: str) -> Registration: ...
+
+
+@dataclass
+class BatchAuditor:
+    sessions: sessionmaker[Session]
+    suppliers: SupplierSource
+    transactions: TransactionSource | None
+    progress_interval_seconds: float = 0.5
+    clock: Callable[[], float] = time.monotonic
+
+    def run(self, batch_id: str) -> dict[str, Any]:
+        with self.sessions.begin() as session:
+            batch = session.get(Batch, batch_id)
+            assert batch is not None
+            condominium = session.get(Condominium, batch.condominium_id)
+            assert condominium is not None
+            expenses = [facts_of(e) for e in batch.expenses]
+            settings = RuleSettings.from_dict(condominium.audit_settings or {})
+            account_id = condominium.pluggy_account_id
+            condominium_id = condominium.id
+
+        registrations = self._resolve_suppliers(batch_id, expenses)
+        bank_data_available = False
+        if account_id and self.transactions is not None and expenses:
+            start = min(e.expense_date for e in expenses) - dt.timedelta(settings.match_window_days)
+            end = max(e.expense_date for e in expenses) + dt.timedelta(settings.match_window_days)
+            records = self.transactions.fetch(account_id, start, end)
+            self._store_transactions(condominium_id, records)
+            bank_data_available = True
+
+        with self.sessions.begin() as session:
+            transactions = load_transactions(session, condominium_id, expenses, settings)
+            history = load_history(session, condominium_id, batch_id, expenses)
+            result = evaluate_batch(
+                expenses=expenses,
+                registrations=registrations,
+                transactions=transactions,
+                history=history,
+                settings=settings,
+                bank_data_available=bank_data_available,
+            )
+            store_result(session, batch_id, condominium_id, expenses, result)
+            summary = findings_summary(session, batch_id)
+            session.execute(
+                update(Batch)
+                .where(Batch.id == batch_id)
+                .values(
+                    status=BatchStatus.SUCCESS,
+                    expenses_done=len(expenses),
+                    summary=summary,
+                    error=None,
+                    finished_at=dt.datetime.now(dt.UTC),
+                )
+            )
+            AuditLogService(session).record(batch_id, AuditEvent.FINISHED, **summary)
+        return summary
+
+    def _resolve_suppliers(
+        self, batch_id: str, expenses: list[ExpenseFacts]
+    ) -> dict[str, Registration]:
+        """Look every supplier up once, reporting progress as expenses become resolvable."""
+        by_cnpj: dict[str, int] = {}
+        for expense in expenses:
+            by_cnpj[expense.supplier_cnpj] = by_cnpj.get(expense.supplier_cnpj, 0) + 1
+        registrations: dict[str, Registration] = {}
+        done = 0
+        last_report = self.clock()
+        for cnpj, count in by_cnpj.items():
+            registrations[cnpj] = self.suppliers.get(cnpj)
+            done += count
+            if self.clock() - last_report >= self.progress_interval_seconds:
+                self._report_progress(batch_id, done)
+                last_report = self.clock()
+        return registrations
+
+    def _report_progress(self, batch_id: str, done: int) -> None:
+        with self.sessions.begin() as session:
+            session.execute(update(Batch).where(Batch.id == batch_id).values(expenses_done=done))
+
+    def _store_transactions(
+        self, condominium_id: str, records: list[BankTransactionRecord]
+    ) -> None:
+        if not records:
+            return
+        with self.sessions.begin() as session:
+            rows = [
+                {
+                    "condominium_id": condominium_id,
+                    "provider_transaction_id": r.id,
+                    "account_id": r.account_id,
+                    "date": r.date,
+                    "amount": r.amount,
+                    "description": r.description[:500],
+                    "type": r.type,
+                    "status": r.status,
+                    "receiver_document": r.receiver_document,
+                }
+                for r in records
+            ]
+            dialect = session.get_bind().dialect.name
+            insert = pg_insert if dialect == "postgresql" else sqlite_insert
+            for chunk_start in range(0, len(rows), 500):
+                statement = insert(BankTransaction).values(rows[chunk_start : chunk_start + 500])
+                session.execute(
+                    statement.on_conflict_do_nothing(
+                        index_elements=["condominium_id", "provider_transaction_id"]
+                    )
+                )
+
+
+def facts_of(expense: Expense) -> ExpenseFacts:
+    return ExpenseFacts(
+        expense_id=expense.id,
+        condominium_id=expense.condominium_id,
+        external_id=expense.external_id,
+        supplier_cnpj=expense.supplier_cnpj,
+        amount=expense.amount,
+        expense_date=expense.expense_date,
+        description=expense.description,
+        category=expense.category,
+        invoice_number=expense.invoice_number,
+    )
+
+
+def load_transactions(
+    session: Session, condominium_id: str, expenses: list[ExpenseFacts], settings: RuleSettings
+) -> list[BankTransactionRecord]:
+    """The condominium's stored transactions around the batch's dates (the (date, amount) index)."""
+    if not expenses:
+        return []
+    window = dt.timedelta(days=settings.match_window_days)
+    start = min(e.expense_date for e in expenses) - window
+    end = max(e.expense_date for e in expenses) + window
+    rows = session.scalars(
+        select(BankTransaction).where(
+            BankTransaction.date.between(start, end),
+            BankTransaction.condominium_id == condominium_id,
+        )
+    )
+    return [
+        BankTransactionRecord(
+            id=row.provider_transaction_id,
+            account_id=row.account_id,
+            date=row.date,
+            description=row.description,
+            amount=row.amount,
+            type=row.type,
+            status=row.status,
+            receiver_document=row.receiver_document,
+        )
+        for row in rows
+    ]
+
+
+def load_history(
+    session: Session, condominium_id: str, batch_id: str, expenses: list[ExpenseFacts]
+) -> list[ExpenseFacts]:
+    """The condominium's expenses from other batches over the past year, for history rules."""
+    if not expenses:
+        return []
+    since = min(e.expense_date for e in expenses) - dt.timedelta(days=HISTORY_DAYS)
+    rows = session.scalars(
+        select(Expense).where(
+            Expense.condominium_id == condominium_id,
+            Expense.batch_id != batch_id,
+            Expense.expense_date >= since,
+        )
+    )
+    return [facts_of(row) for row in rows]

@@ -1,0 +1,176 @@
+"""Start and stop the platform's processes on loopback: used by `condo-audit run`, the tests
+and the load tests, so all three run the platform the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from redis import Redis
+from redis.exceptions import RedisError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.popen.poll()
+
+    def kill(self) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def spawn(
+    name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
+) -> ManagedProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log_file = log_path.open("ab")
+    popen = subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    log_file.close()
+    return ManagedProcess(name, popen, log_path)
+
+
+def wait_for(check: object, what: str, timeout: float, process: ManagedProcess | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise RuntimeError(f"{what} exited early:\n{process.log_tail()}")
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (OSError, httpx.HTTPError, RedisError):
+            pass
+        time.sleep(0.1)
+    tail = process.log_tail() if process is not None else ""
+    raise TimeoutError(f"{what} did not come up within {timeout:.0f}s\n{tail}")
+
+
+def redis_server_path() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        raise FileNotFoundError(
+            "redis-server is not installed: install it (Debian/Ubuntu: apt-get install "
+            "redis-server; macOS: brew install redis) or set REDIS_URL to a running Redis"
+        )
+    return path
+
+
+def start_redis(
+    port: int, data_dir: Path, log_dir: Path, *, appendonly: bool = False
+) -> ManagedProcess:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redis_server_path(),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
+        "--maxmemory-policy", "noeviction",
+        "--dir", str(data_dir),
+    ]  # fmt: skip
+    process = spawn(f"redis-{port}", argv, {}, log_dir)
+    client = Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    wait_for(client.ping, f"redis-server on port {port}", 15, process)
+    client.close()
+    return process
+
+
+def _http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=1.0).status_code == 200
+
+
+def start_simulator(
+    port: int, env: Mapping[str, str], log_dir: Path, extra_args: list[str] | None = None
+) -> ManagedProcess:
+    argv = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
+    process = spawn(f"simulator-{port}", argv + (extra_args or []), env, log_dir)
+    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/_sim/stats"), "simulator", 30, process)
+    return process
+
+
+def start_api(port: int, env: Mapping[str, str], log_dir: Path, workers: int = 1) -> ManagedProcess:
+    argv = [
+        sys.executable, "-m", "uvicorn", "api.main:app",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(workers), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    process = spawn(f"api-{port}", argv, env, log_dir)
+    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), "API", 30, process)
+    return process
+
+
+def start_worker(
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    name: str = "worker",
+    concurrency: int = 1,
+    queue: str = "audit",
+    pool: str = "prefork",
+) -> ManagedProcess:
+    argv = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", queue, "--concurrency", str(concurrency), "--pool", pool,
+        "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+        "--without-mingle",
+    ]  # fmt: skip
+    heartbeat = log_dir / f"{name}.heartbeat"
+    heartbeat.unlink(missing_ok=True)
+    process = spawn(name, argv, {**env, "WORKER_HEARTBEAT_FILE": str(heartbeat)}, log_dir)
+    wait_for(heartbeat.exists, f"celery worker {name}", 60, process)
+    return process

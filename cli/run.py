@@ -1,0 +1,154 @@
+"""`condo-audit run`: the whole platform on one machine, on embedded defaults.
+
+Starts a private redis-server (unless REDIS_URL is set), migrates the database (SQLite by
+default), starts the provider simulator, the API and one worker, submits the bundled sample
+batch, prints its findings, and keeps serving until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from audit.auth import create_tenant, issue_key
+from audit.db import session_scope, upgrade_database
+from audit.settings import Settings
+from cli.main import CliError
+from cli.processes import (
+    ManagedProcess,
+    free_port,
+    start_api,
+    start_redis,
+    start_simulator,
+    start_worker,
+)
+
+STATE_DIR = Path(".local")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = subparsers.add_parser("run", help="run the platform locally and audit the sample batch")
+    run.add_argument("--api-port", type=int, default=8000)
+    run.add_argument("--simulator-port", type=int, default=8100)
+    run.add_argument("--worker-concurrency", type=int, default=2)
+    run.add_argument(
+        "--exit-after-sample", action="store_true", help="stop once the sample is audited"
+    )
+    run.add_argument("--no-sample", action="store_true", help="start the platform only")
+    run.set_defaults(handler=run_platform)
+
+
+def load_sample() -> dict[str, Any]:
+    text = resources.files("audit.sample").joinpath("sample_batch.json").read_text("utf-8")
+    data: dict[str, Any] = json.loads(text)
+    return data
+
+
+def run_platform(args: argparse.Namespace) -> int:
+    STATE_DIR.mkdir(exist_ok=True)
+    log_dir = STATE_DIR / "logs"
+    env: dict[str, str] = {"PYTHONPATH": str(Path.cwd())}
+    processes: list[ManagedProcess] = []
+    try:
+        if "REDIS_URL" not in os.environ:
+            port = free_port()
+            processes.append(start_redis(port, STATE_DIR / "redis", log_dir))
+            env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            print(f"redis      private redis-server on 127.0.0.1:{port}")
+        env.setdefault(
+            "DATABASE_URL",
+            os.environ.get("DATABASE_URL", f"sqlite:///{(STATE_DIR / 'condo-audit.db').resolve()}"),
+        )
+        simulator_url = f"http://127.0.0.1:{args.simulator_port}"
+        for name, path in (
+            ("CNPJWS_BASE_URL", "cnpjws"),
+            ("PLUGGY_BASE_URL", "pluggy"),
+            ("MINHA_RECEITA_BASE_URL", "minha-receita"),
+        ):
+            env.setdefault(name, os.environ.get(name, f"{simulator_url}/{path}"))
+        os.environ.update(env)
+        settings = Settings()
+        upgrade_database(settings.database_url)
+        print(f"database   {settings.database_url}")
+        processes.append(start_simulator(args.simulator_port, env, log_dir))
+        print(f"simulator  {simulator_url} (CNPJ.ws, minha-receita and Pluggy stand-in)")
+        processes.append(start_api(args.api_port, env, log_dir))
+        api_url = f"http://127.0.0.1:{args.api_port}"
+        print(f"api        {api_url}  (docs at {api_url}/docs, metrics at {api_url}/metrics)")
+        processes.append(
+            start_worker(
+                env, log_dir, concurrency=args.worker_concurrency, queue=settings.audit_queue
+            )
+        )
+        print(f"worker     celery, queue {settings.audit_queue!r}, logs in {log_dir}/")
+        if not args.no_sample:
+            audit_sample(settings, api_url, simulator_url)
+        if args.exit_after_sample:
+            return 0
+        print("\nserving; press Ctrl-C to stop")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    except (FileNotFoundError, TimeoutError, RuntimeError) as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def audit_sample(settings: Settings, api_url: str, simulator_url: str) -> None:
+    sample = load_sample()
+    with session_scope(settings.database_url) as session:
+        tenant = create_tenant(session, "Administradora Exemplo")
+        key = issue_key(session, tenant.id, name="local run")
+    print(f"\ntenant     {tenant.id}\napi key    {key.secret}  (shown once)")
+    with httpx.Client(base_url=simulator_url, timeout=10) as sim:
+        for cnpj, registration in sample["registrations"].items():
+            sim.put(f"/_sim/registrations/{cnpj}", json=registration).raise_for_status()
+        account = sample["condominium"]["pluggy_account_id"]
+        sim.put(f"/_sim/accounts/{account}/transactions", json=sample["transactions"])
+    headers = {"X-API-Key": key.secret}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=30) as api:
+        created = api.post("/condominiums", json=sample["condominium"])
+        created.raise_for_status()
+        condominium_id = created.json()["id"]
+        for batch in sample.get("history", []):
+            task = submit(api, condominium_id, batch)
+            wait(api, task)
+        task = submit(api, condominium_id, sample["batch"])
+        print(f"\nsubmitted  POST /batch-expenses -> task {task}")
+        status = wait(api, task)
+        print(
+            f"status     {status['status']}: {status['progress']['done']}/"
+            f"{status['progress']['total']} expenses, summary {json.dumps(status['summary'])}"
+        )
+        findings = api.get(f"/batches/{task}/findings", params={"page_size": 500}).json()
+        print(f"\n{findings['total']} findings:")
+        for finding in findings["items"]:
+            print(f"  [{finding['severity']:8}] {finding['rule_code']:26} {finding['message']}")
+
+
+def submit(api: httpx.Client, condominium_id: str, expenses: list[dict[str, Any]]) -> str:
+    response = api.post(
+        "/batch-expenses", json={"condominium_id": condominium_id, "expenses": expenses}
+    )
+    if response.status_code != 202:
+        raise CliError(f"sample batch rejected: {response.status_code} {response.text}")
+    return str(response.json()["task_id"])
+
+
+def wait(api: httpx.Client, task_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status: dict[str, Any] = api.get(f"/tasks/{task_id}").json()
+        if status["status"] in {"SUCCESS", "FAILURE"}:
+            return status
+        time.sleep(0.2)
+    raise CliError(f"task {task_id} did not finish within {timeout:.0f}s")

@@ -1,0 +1,26 @@
+"""Enqueue audit work by task name: the API and the CLI use this, never the task objects."""
+
+from __future__ import annotations
+
+from worker.celery_app import PROCESS_BATCH_TASK, app
+
+# Fail fast when Redis is down: the caller answers 503 instead of hanging.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
+
+
+class EnqueueFailed(RuntimeError):
+    pass
+
+
+def enqueue_batch(batch_id: str) -> None:
+    try:
+        app.send_task(
+            PROCESS_BATCH_TASK,
+            args=[batch_id],
+            task_id=batch_id,
+            queue=app.conf.task_default_queue,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
+    except Exception as exc:  # kombu raises several connection error types
+        raise EnqueueFailed(f"could not reach the queue: {type(exc).__name__}") from exc
