@@ -1,0 +1,110 @@
+"""The engine: every rule over a batch, plus the reconciliation.
+
+Pure: the caller loads the batch's expenses, the suppliers' registrations, the
+condominium's debits for the batch's period (widened by match_window_days on each side,
+excluding debits already paid to expenses outside the batch) and the condominium's
+earlier expenses, and stores what comes back.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from audit.providers.base import BankTransactionRecord, Registration
+from audit.rules.model import ExpenseFacts, FindingDraft, RuleCode, to_cents
+from audit.rules.payments import amount_outlier, duplicate_payment, split_payment
+from audit.rules.reconciliation import is_debit, match_transactions, no_bank_match
+from audit.rules.settings import RuleSettings, normalize_category
+from audit.rules.supplier import (
+    cnae_mismatch,
+    supplier_inactive,
+    supplier_not_found,
+    supplier_recently_opened,
+)
+
+SUPPLIER_RULES = (supplier_not_found, supplier_inactive, supplier_recently_opened, cnae_mismatch)
+RULE_ORDER = {code: rank for rank, code in enumerate(RuleCode)}
+
+
+@dataclass(frozen=True)
+class BatchEvaluation:
+    findings: list[FindingDraft]
+    matches: dict[int, str]  # expense_id -> bank transaction id (empty without bank data)
+
+
+def evaluate(
+    expenses: Sequence[ExpenseFacts],
+    registrations: Mapping[str, Registration],
+    transactions: Sequence[BankTransactionRecord],
+    history: Sequence[ExpenseFacts],
+    settings: RuleSettings,
+    *,
+    bank_data_available: bool,
+) -> BatchEvaluation:
+    """Findings ordered by (expense, rule, fingerprint), and the matches to store.
+
+    history: the condominium's other expenses; one also present in the batch (same
+    expense_id) counts once. NO_BANK_MATCH is only judged when bank_data_available.
+    """
+    known: dict[int, ExpenseFacts] = {h.expense_id: h for h in history}
+    known.update((e.expense_id, e) for e in expenses)
+    by_supplier: dict[tuple[str, str], list[ExpenseFacts]] = defaultdict(list)
+    by_category: dict[tuple[str, str], list[ExpenseFacts]] = defaultdict(list)
+    for item in known.values():
+        by_supplier[(item.condominium_id, item.supplier_cnpj)].append(item)
+        by_category[(item.condominium_id, normalize_category(item.category))].append(item)
+
+    matches: dict[int, str] = {}
+    debits_by_cents: dict[int, list[BankTransactionRecord]] = defaultdict(list)
+    if bank_data_available:
+        matches = match_transactions(expenses, transactions, settings)
+        for tx in transactions:
+            if is_debit(tx):
+                debits_by_cents[to_cents(abs(tx.amount))].append(tx)
+
+    findings: list[FindingDraft] = []
+    for expense in expenses:
+        registration = registrations.get(expense.supplier_cnpj)
+        for rule in SUPPLIER_RULES:
+            findings.extend(rule(expense, registration, settings))
+        supplier_peers = by_supplier[(expense.condominium_id, expense.supplier_cnpj)]
+        findings.extend(duplicate_payment(expense, supplier_peers, settings))
+        findings.extend(split_payment(expense, supplier_peers, settings))
+        category_peers = by_category[(expense.condominium_id, normalize_category(expense.category))]
+        outlier_peers = {p.expense_id: p for p in (*supplier_peers, *category_peers)}
+        findings.extend(amount_outlier(expense, list(outlier_peers.values()), settings))
+        if bank_data_available:
+            candidates = debits_by_cents.get(to_cents(expense.amount), [])
+            findings.extend(no_bank_match(expense, matches, candidates, settings))
+
+    position = {e.expense_id: k for k, e in enumerate(expenses)}
+    findings.sort(
+        key=lambda f: (
+            position.get(f.expense_id or 0, 0),
+            RULE_ORDER[f.rule_code],
+            f.fingerprint,
+        )
+    )
+    return BatchEvaluation(findings=findings, matches=matches)
+
+
+def evaluate_batch(
+    expenses: Sequence[ExpenseFacts],
+    registrations: Mapping[str, Registration],
+    transactions: Sequence[BankTransactionRecord],
+    history: Sequence[ExpenseFacts],
+    settings: RuleSettings,
+    *,
+    bank_data_available: bool,
+) -> list[FindingDraft]:
+    """All findings of a batch (see evaluate, which also returns the matches)."""
+    return evaluate(
+        expenses,
+        registrations,
+        transactions,
+        history,
+        settings,
+        bank_data_available=bank_data_available,
+    ).findings

@@ -1,0 +1,256 @@
+"""Rules that compare an expense with the condominium's other expenses.
+
+``peers`` is every expense of the condominium the caller knows (the batch and its
+history); it may contain the expense itself, which is skipped by expense_id, and
+expenses of other suppliers or condominiums, which the rules filter out.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from audit.rules.model import (
+    ExpenseFacts,
+    FindingDraft,
+    RuleCode,
+    Severity,
+    br_date,
+    brl,
+    draft,
+    money,
+    to_cents,
+)
+from audit.rules.settings import RuleSettings, normalize_category
+
+_NOT_ALNUM = re.compile(r"[^0-9A-Z]")
+
+# Consistency constants that make MAD and the mean absolute deviation estimate the
+# standard deviation of normal data.
+MAD_TO_SIGMA = Decimal("1.4826")
+MEAN_AD_TO_SIGMA = Decimal("1.2533")
+
+
+def normalize_invoice(invoice_number: str | None) -> str | None:
+    """'NF-000123 ' and 'nf123' are one invoice; '000' or blank is no invoice."""
+    if invoice_number is None:
+        return None
+    compact = _NOT_ALNUM.sub("", invoice_number.upper()).lstrip("0")
+    return compact or None
+
+
+def _others(expense: ExpenseFacts, peers: Sequence[ExpenseFacts]) -> list[ExpenseFacts]:
+    return [
+        p
+        for p in peers
+        if p.expense_id != expense.expense_id and p.condominium_id == expense.condominium_id
+    ]
+
+
+def _ref(p: ExpenseFacts) -> dict[str, Any]:
+    return {
+        "expense_id": p.expense_id,
+        "external_id": p.external_id,
+        "expense_date": p.expense_date.isoformat(),
+        "amount": money(p.amount),
+        "invoice_number": p.invoice_number,
+    }
+
+
+def duplicate_payment(
+    expense: ExpenseFacts, peers: Sequence[ExpenseFacts], settings: RuleSettings
+) -> list[FindingDraft]:
+    """Critical when another payment to the same supplier repeats this one.
+
+    Repeats: the same invoice number (normalized, any date), or the same amount to the
+    cent at most duplicate_window_days apart (inclusive) unless both carry invoice numbers
+    and they differ (two invoices of equal value are two bills). Every expense of the
+    batch that has a repeat gets its own finding, listing the others.
+    """
+    invoice = normalize_invoice(expense.invoice_number)
+    cents = to_cents(expense.amount)
+    repeats: list[tuple[ExpenseFacts, str, int]] = []
+    for other in _others(expense, peers):
+        if other.supplier_cnpj != expense.supplier_cnpj:
+            continue
+        other_invoice = normalize_invoice(other.invoice_number)
+        days = abs((other.expense_date - expense.expense_date).days)
+        if invoice is not None and invoice == other_invoice:
+            reason = "same_invoice"
+        elif (
+            to_cents(other.amount) == cents
+            and days <= settings.duplicate_window_days
+            and (invoice is None or other_invoice is None)
+        ):
+            reason = "same_amount_within_window"
+        else:
+            continue
+        repeats.append((other, reason, days))
+    if not repeats:
+        return []
+    repeats.sort(key=lambda r: (r[0].expense_date, r[0].expense_id))
+    first, first_reason, _ = repeats[0]
+    if first_reason == "same_invoice":
+        what = f"a nota fiscal {expense.invoice_number}"
+    else:
+        what = f"o valor {brl(expense.amount)}"
+    message = (
+        f"Possível pagamento em duplicidade: a despesa {expense.external_id} repete {what} "
+        f"já lançado(a) para o mesmo fornecedor na despesa {first.external_id} de "
+        f"{br_date(first.expense_date)}"
+        + (f" e em mais {len(repeats) - 1}." if len(repeats) > 1 else ".")
+    )
+    evidence = {
+        "supplier_cnpj": expense.supplier_cnpj,
+        "amount": money(expense.amount),
+        "expense_date": expense.expense_date.isoformat(),
+        "invoice_number": expense.invoice_number,
+        "duplicate_window_days": settings.duplicate_window_days,
+        "repeats": [
+            {**_ref(other), "reason": reason, "days_apart": days}
+            for other, reason, days in repeats
+        ],
+    }
+    return [draft(RuleCode.DUPLICATE_PAYMENT, Severity.CRITICAL, expense, message, evidence)]
+
+
+def split_payment(
+    expense: ExpenseFacts, peers: Sequence[ExpenseFacts], settings: RuleSettings
+) -> list[FindingDraft]:
+    """Warning when this payment and others to the supplier look split to dodge approval.
+
+    Fires when some set of at least two payments to the supplier, this one among them,
+    each at or below approval_threshold (a payment needs approval only above it), dated
+    within a span of at most split_window_days (inclusive), sums to strictly more than
+    the threshold. The evidence shows the window with the largest total (earliest first
+    on ties).
+    """
+    threshold = settings.approval_threshold
+    if expense.amount > threshold:
+        return []
+    window = settings.split_window_days
+    payments = [
+        p
+        for p in _others(expense, peers)
+        if p.supplier_cnpj == expense.supplier_cnpj
+        and p.amount <= threshold
+        and abs((p.expense_date - expense.expense_date).days) <= window
+    ]
+    payments.append(expense)
+    payments.sort(key=lambda p: (p.expense_date, p.expense_id))
+    best: tuple[Decimal, list[ExpenseFacts]] | None = None
+    starts = sorted({p.expense_date for p in payments if p.expense_date <= expense.expense_date})
+    for start in starts:
+        group = [p for p in payments if 0 <= (p.expense_date - start).days <= window]
+        total = sum((p.amount for p in group), Decimal(0))
+        if len(group) >= 2 and total > threshold and (best is None or total > best[0]):
+            best = (total, group)
+    if best is None:
+        return []
+    total, group = best
+    message = (
+        f"Possível fracionamento: {len(group)} pagamentos ao mesmo fornecedor entre "
+        f"{br_date(group[0].expense_date)} e {br_date(group[-1].expense_date)}, cada um até "
+        f"o limite de aprovação de {brl(threshold)}, somam {brl(total)}."
+    )
+    evidence = {
+        "supplier_cnpj": expense.supplier_cnpj,
+        "approval_threshold": money(threshold),
+        "split_window_days": window,
+        "total": money(total),
+        "count": len(group),
+        "window_start": group[0].expense_date.isoformat(),
+        "window_end": group[-1].expense_date.isoformat(),
+        "payments": [_ref(p) for p in group],
+    }
+    return [draft(RuleCode.SPLIT_PAYMENT, Severity.WARNING, expense, message, evidence)]
+
+
+@dataclass(frozen=True)
+class RobustStats:
+    median: Decimal
+    mad: Decimal
+    mean_ad: Decimal
+    scale: Decimal
+    method: str  # mad, mean_absolute_deviation or median_floor
+
+
+def robust_stats(amounts: Sequence[Decimal], floor_ratio: Decimal) -> RobustStats:
+    """Median and a robust spread: 1.4826 x MAD, else 1.2533 x mean absolute deviation
+    when MAD is 0, never below floor_ratio x |median|."""
+    median = Decimal(statistics.median(amounts))
+    deviations = [abs(a - median) for a in amounts]
+    mad = Decimal(statistics.median(deviations))
+    mean_ad = sum(deviations, Decimal(0)) / len(deviations)
+    if mad > 0:
+        scale, method = MAD_TO_SIGMA * mad, "mad"
+    else:
+        scale, method = MEAN_AD_TO_SIGMA * mean_ad, "mean_absolute_deviation"
+    floor = floor_ratio * abs(median)
+    if scale < floor:
+        scale, method = floor, "median_floor"
+    return RobustStats(median=median, mad=mad, mean_ad=mean_ad, scale=scale, method=method)
+
+
+def _q(value: Decimal, places: str = "0.01") -> str:
+    return str(value.quantize(Decimal(places)))
+
+
+def amount_outlier(
+    expense: ExpenseFacts, peers: Sequence[ExpenseFacts], settings: RuleSettings
+) -> list[FindingDraft]:
+    """Info when the amount is unusually high for the supplier and/or the category.
+
+    Reference: the condominium's other expenses of the same supplier (or the same
+    category), at least outlier_min_history of them. Robust z-score
+    (amount - median) / scale (see robust_stats); fires when strictly above
+    outlier_zscore. Only high amounts fire: an unusually small payment is not a loss.
+    One finding per scope ("supplier", "category").
+    """
+    category = normalize_category(expense.category)
+    scopes: list[tuple[str, Callable[[ExpenseFacts], bool]]] = [
+        ("supplier", lambda p: p.supplier_cnpj == expense.supplier_cnpj),
+        ("category", lambda p: normalize_category(p.category) == category),
+    ]
+    others = _others(expense, peers)
+    findings: list[FindingDraft] = []
+    for scope, same in scopes:
+        history = [p.amount for p in others if same(p)]
+        if len(history) < settings.outlier_min_history:
+            continue
+        stats = robust_stats(history, settings.outlier_scale_floor_ratio)
+        median, scale = stats.median, stats.scale
+        excess = expense.amount - median
+        if scale <= 0 or excess <= settings.outlier_zscore * scale:
+            continue
+        score = excess / scale
+        what = "o fornecedor" if scope == "supplier" else f"a categoria '{expense.category}'"
+        message = (
+            f"Valor atípico para {what}: {brl(expense.amount)} contra mediana de "
+            f"{brl(median)} em {len(history)} despesas do condomínio "
+            f"(escore robusto {_q(score)}, limite {settings.outlier_zscore})."
+        )
+        evidence = {
+            "scope": scope,
+            "supplier_cnpj": expense.supplier_cnpj,
+            "category": category,
+            "amount": money(expense.amount),
+            "history_count": len(history),
+            "history_min": money(min(history)),
+            "history_max": money(max(history)),
+            "median": money(median),
+            "mad": _q(stats.mad),
+            "mean_absolute_deviation": _q(stats.mean_ad),
+            "scale": _q(scale),
+            "scale_method": stats.method,
+            "robust_zscore": _q(score),
+            "zscore_threshold": str(settings.outlier_zscore),
+        }
+        findings.append(
+            draft(RuleCode.AMOUNT_OUTLIER, Severity.INFO, expense, message, evidence, scope)
+        )
+    return findings
