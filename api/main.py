@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.routes import batches, condominiums, dead_letters, health
+from api.routes import batches, condominiums, dead_letters, findings, health
 from audit.settings import Settings, get_settings
 
 
@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return await call_next(request)
 
-    for module in (health, condominiums, batches, dead_letters):
+    for module in (health, condominiums, batches, findings, dead_letters):
         app.include_router(module.router)
     return app
 

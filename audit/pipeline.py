@@ -12,16 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import BatchStatus, findings_summary
-from audit.models import BankTransaction, Batch, Condominium, Expense
+from audit.models import BankTransaction, Batch, Condominium, Expense, Finding
 from audit.providers.base import BankTransactionRecord, Registration, TransactionSource
-from audit.rules import ExpenseFacts, RuleSettings, evaluate_batch
+from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings, evaluate
 
 HISTORY_DAYS = 365
 
@@ -45,7 +45,7 @@ class BatchAuditor:
             condominium = session.get(Condominium, batch.condominium_id)
             assert condominium is not None
             expenses = [facts_of(e) for e in batch.expenses]
-            settings = RuleSettings.from_dict(condominium.audit_settings or {})
+            settings = RuleSettings.from_stored(condominium.audit_settings)
             account_id = condominium.pluggy_account_id
             condominium_id = condominium.id
 
@@ -59,17 +59,17 @@ class BatchAuditor:
             bank_data_available = True
 
         with self.sessions.begin() as session:
-            transactions = load_transactions(session, condominium_id, expenses, settings)
+            transactions = load_transactions(session, condominium_id, batch_id, expenses, settings)
             history = load_history(session, condominium_id, batch_id, expenses)
-            result = evaluate_batch(
-                expenses=expenses,
-                registrations=registrations,
-                transactions=transactions,
-                history=history,
-                settings=settings,
+            result = evaluate(
+                expenses,
+                registrations,
+                transactions,
+                history,
+                settings,
                 bank_data_available=bank_data_available,
             )
-            store_result(session, batch_id, condominium_id, expenses, result)
+            store_result(session, batch_id, condominium_id, result)
             summary = findings_summary(session, batch_id)
             session.execute(
                 update(Batch)
@@ -153,18 +153,30 @@ def facts_of(expense: Expense) -> ExpenseFacts:
 
 
 def load_transactions(
-    session: Session, condominium_id: str, expenses: list[ExpenseFacts], settings: RuleSettings
+    session: Session,
+    condominium_id: str,
+    batch_id: str,
+    expenses: list[ExpenseFacts],
+    settings: RuleSettings,
 ) -> list[BankTransactionRecord]:
-    """The condominium's stored transactions around the batch's dates (the (date, amount) index)."""
+    """The condominium's transactions around the batch's dates that no other batch's expense
+    has taken; the date range is served by the (date, amount) index."""
     if not expenses:
         return []
     window = dt.timedelta(days=settings.match_window_days)
     start = min(e.expense_date for e in expenses) - window
     end = max(e.expense_date for e in expenses) + window
+    taken_elsewhere = select(Expense.id).where(
+        Expense.condominium_id == condominium_id, Expense.batch_id != batch_id
+    )
     rows = session.scalars(
         select(BankTransaction).where(
             BankTransaction.date.between(start, end),
             BankTransaction.condominium_id == condominium_id,
+            or_(
+                BankTransaction.matched_expense_id.is_(None),
+                BankTransaction.matched_expense_id.not_in(taken_elsewhere),
+            ),
         )
     )
     return [
@@ -197,3 +209,42 @@ def load_history(
         )
     )
     return [facts_of(row) for row in rows]
+
+
+def store_result(
+    session: Session, batch_id: str, condominium_id: str, result: BatchEvaluation
+) -> None:
+    """Replace the batch's findings and bank matches: a re-run leaves the same rows."""
+    batch_expenses = select(Expense.id).where(Expense.batch_id == batch_id)
+    session.execute(delete(Finding).where(Finding.batch_id == batch_id))
+    session.execute(
+        update(BankTransaction)
+        .where(BankTransaction.matched_expense_id.in_(batch_expenses))
+        .values(matched_expense_id=None)
+    )
+    for expense_id, transaction_id in result.matches.items():
+        session.execute(
+            update(BankTransaction)
+            .where(
+                BankTransaction.condominium_id == condominium_id,
+                BankTransaction.provider_transaction_id == transaction_id,
+            )
+            .values(matched_expense_id=expense_id)
+        )
+    if result.findings:
+        session.execute(
+            insert(Finding),
+            [
+                {
+                    "batch_id": batch_id,
+                    "condominium_id": condominium_id,
+                    "expense_id": draft.expense_id,
+                    "rule_code": str(draft.rule_code),
+                    "severity": str(draft.severity),
+                    "message": draft.message,
+                    "evidence": draft.evidence,
+                    "fingerprint": draft.fingerprint,
+                }
+                for draft in result.findings
+            ],
+        )

@@ -18,7 +18,7 @@ class RetryPolicy:
         raw = self.base_seconds * (2 ** max(failed_attempts - 1, 0))
         capped = min(raw, self.max_seconds)
         jitter = (rng or random).uniform(-self.jitter_ratio, self.jitter_ratio) * capped
-        return max(0.0, min(capped + jitter, self.max_seconds))
+        return float(max(0.0, min(capped + jitter, self.max_seconds)))
 
     def exhausted(self, failed_attempts: int) -> bool:
         return failed_attempts >= self.max_attempts

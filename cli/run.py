@@ -119,7 +119,7 @@ def audit_sample(settings: Settings, api_url: str, simulator_url: str) -> None:
         created = api.post("/condominiums", json=sample["condominium"])
         created.raise_for_status()
         condominium_id = created.json()["id"]
-        for batch in sample.get("history", []):
+        for batch in sample["history"]:
             task = submit(api, condominium_id, batch)
             wait(api, task)
         task = submit(api, condominium_id, sample["batch"])

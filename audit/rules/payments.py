@@ -111,8 +111,7 @@ def duplicate_payment(
         "invoice_number": expense.invoice_number,
         "duplicate_window_days": settings.duplicate_window_days,
         "repeats": [
-            {**_ref(other), "reason": reason, "days_apart": days}
-            for other, reason, days in repeats
+            {**_ref(other), "reason": reason, "days_apart": days} for other, reason, days in repeats
         ],
     }
     return [draft(RuleCode.DUPLICATE_PAYMENT, Severity.CRITICAL, expense, message, evidence)]
