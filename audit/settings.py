@@ -49,6 +49,22 @@ class Settings(BaseSettings):
     pluggy_base_url: str = "http://127.0.0.1:8100/pluggy"
     pluggy_client_id: str = "local-client"
     pluggy_client_secret: SecretStr = SecretStr("local-secret")
+    pluggy_api_key_reuse_seconds: float = Field(
+        default=6900.0, gt=0, description="Reuse Pluggy's apiKey (valid 2 h) for this long."
+    )
+
+    # Fleet-wide rate limits, requests per minute (None = no limit); one budget per provider,
+    # per endpoint for Pluggy. Defaults are the providers' published limits.
+    cnpjws_rate_per_minute: float | None = Field(default=3.0, gt=0)
+    minha_receita_rate_per_minute: float | None = Field(default=300.0, gt=0)
+    pluggy_rate_per_minute: float | None = Field(default=360.0, gt=0)
+    rate_limit_max_wait_seconds: float = Field(
+        default=2.0, ge=0, description="Longer limiter waits release the worker (reschedule)."
+    )
+    rate_limit_headroom_ratio: float = Field(
+        default=0.02, ge=0, lt=1, description="Pace this much under the limit to absorb jitter."
+    )
+    supplier_cache_freshness_days: float = Field(default=30.0, ge=0)
 
     # Worker
     worker_heartbeat_file: str = "/tmp/condo-audit-worker-heartbeat"  # noqa: S108

@@ -65,6 +65,11 @@ class ProviderUnavailable(ProviderError):
         self.retry_after = retry_after
 
 
+class ProviderRateLimited(ProviderUnavailable):
+    """The provider answered 429. The fleet's limiter has already been pushed back to the
+    provider's release time; like RateLimitWait this is pacing, not the provider failing."""
+
+
 class ProviderRejected(ProviderError):
     """The provider refused the request as invalid (400): retrying will not help."""
 

@@ -1,0 +1,214 @@
+"""Pluggy: one API key for the whole fleet, and paged bank transactions.
+
+Pluggy's apiKey lives two hours. Authenticating per task would spend the auth endpoint's
+budget and Pluggy's patience, so the key is kept in Redis (expiring a little before Pluggy
+expires it) and a Redis lock makes one worker authenticate while the others wait for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+import time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+from redis import Redis
+
+from audit.providers.base import (
+    BankTransactionRecord,
+    ProviderRejected,
+    ProviderUnavailable,
+)
+from audit.providers.http import Budget, json_object, send
+
+BRASILIA = ZoneInfo("America/Sao_Paulo")
+PAGE_SIZE = 500  # Pluggy's maximum
+
+# Delete the shared key only if it is still the one that was refused (another worker may
+# already have stored a fresh one).
+_DELETE_IF_EQUAL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class PluggyTransactions:
+    """TransactionSource over Pluggy's `GET /transactions`."""
+
+    name = "pluggy"
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        redis: Redis,
+        *,
+        auth_budget: Budget,
+        transactions_budget: Budget,
+        key_reuse_seconds: float = 6900.0,
+        auth_wait_seconds: float = 15.0,
+        key_name: str = "pluggy:api-key",
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redis = redis
+        self.auth_budget = auth_budget
+        self.transactions_budget = transactions_budget
+        self.key_reuse_seconds = key_reuse_seconds
+        self.auth_wait_seconds = auth_wait_seconds
+        self.key_name = key_name
+        self.lock_name = f"{key_name}:lock"
+        self._delete_if_equal = redis.register_script(_DELETE_IF_EQUAL)
+
+    # The fleet's key ---------------------------------------------------------------------
+
+    def api_key(self) -> str:
+        """The shared key; authenticates (once for the fleet) when there is none."""
+        deadline = time.monotonic() + self.auth_wait_seconds
+        while True:
+            cached = _text(self.redis.get(self.key_name))
+            if cached:
+                return cached
+            token = secrets.token_hex(8)
+            lock_ms = int(self.auth_wait_seconds * 1000)
+            if self.redis.set(self.lock_name, token, nx=True, px=lock_ms):
+                try:
+                    cached = _text(self.redis.get(self.key_name))
+                    if cached:
+                        return cached
+                    key = self._authenticate()
+                    self.redis.set(self.key_name, key, ex=max(1, int(self.key_reuse_seconds)))
+                    return key
+                finally:
+                    self._release_lock(token)
+            if time.monotonic() > deadline:
+                raise ProviderUnavailable(self.name, "another worker's authentication timed out")
+            time.sleep(0.05)
+
+    def forget_key(self, key: str) -> None:
+        self._delete_if_equal(keys=[self.key_name], args=[key])
+
+    def _release_lock(self, token: str) -> None:
+        self._delete_if_equal(keys=[self.lock_name], args=[token])
+
+    def _authenticate(self) -> str:
+        response = send(
+            self.http,
+            self.name,
+            self.auth_budget,
+            "POST",
+            f"{self.base_url}/auth",
+            json={"clientId": self.client_id, "clientSecret": self.client_secret},
+        )
+        if response.status_code in (400, 401, 403):
+            raise ProviderRejected(self.name, f"authentication refused ({response.status_code})")
+        if response.status_code >= 300:
+            raise ProviderUnavailable(self.name, f"authentication answered {response.status_code}")
+        key = json_object(self.name, response).get("apiKey")
+        if not isinstance(key, str) or not key:
+            raise ProviderUnavailable(self.name, "authentication answer has no apiKey")
+        return key
+
+    # Transactions ------------------------------------------------------------------------
+
+    def fetch(self, account_id: str, start: dt.date, end: dt.date) -> list[BankTransactionRecord]:
+        """Every page, 500 at a time. A 401 (key expired early or revoked) re-authenticates
+        once; 429s and limiter waits propagate, the caller retries the whole fetch."""
+        key = self.api_key()
+        reauthenticated = False
+        records: list[BankTransactionRecord] = []
+        page, total_pages = 1, 1
+        while page <= total_pages:
+            response = send(
+                self.http,
+                self.name,
+                self.transactions_budget,
+                "GET",
+                f"{self.base_url}/transactions",
+                params={
+                    "accountId": account_id,
+                    "from": start.isoformat(),
+                    "to": end.isoformat(),
+                    "page": page,
+                    "pageSize": PAGE_SIZE,
+                },
+                headers={"X-API-KEY": key},
+            )
+            if response.status_code in (401, 403) and not reauthenticated:
+                self.forget_key(key)
+                key = self.api_key()
+                reauthenticated = True
+                continue
+            if response.status_code >= 400:
+                detail = response.text[:200]
+                raise ProviderRejected(
+                    self.name, f"transactions answered {response.status_code}: {detail}"
+                )
+            body = json_object(self.name, response)
+            results = body.get("results")
+            if not isinstance(results, list):
+                raise ProviderUnavailable(self.name, "transactions answer has no results list")
+            records.extend(self.to_record(account_id, raw) for raw in results)
+            total_pages = int(body.get("totalPages") or 0)
+            page += 1
+        return records
+
+    @classmethod
+    def to_record(cls, account_id: str, raw: dict[str, Any]) -> BankTransactionRecord:
+        """Pluggy's transaction; the date is the São Paulo calendar day of Pluggy's UTC time,
+        the amount keeps Pluggy's sign (debits negative on bank accounts)."""
+        try:
+            amount = Decimal(str(raw["amount"]))
+            date = _local_date(str(raw["date"]))
+        except (KeyError, InvalidOperation, ValueError) as exc:
+            raise ProviderUnavailable(cls.name, f"malformed transaction {raw.get('id')}") from exc
+        return BankTransactionRecord(
+            id=str(raw["id"]),
+            account_id=str(raw.get("accountId") or account_id),
+            date=date,
+            description=str(raw.get("description") or ""),
+            amount=amount,
+            type=str(raw.get("type") or ("DEBIT" if amount < 0 else "CREDIT")),
+            status=str(raw.get("status") or "POSTED"),
+            receiver_document=_receiver_cnpj(raw),
+        )
+
+
+def _local_date(text: str) -> dt.date:
+    if len(text) == 10:
+        return dt.date.fromisoformat(text)
+    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        return moment.date()
+    return moment.astimezone(BRASILIA).date()
+
+
+def _receiver_cnpj(raw: dict[str, Any]) -> str | None:
+    """The payee's CNPJ: paymentData's receiver document, else the merchant's CNPJ."""
+    payment = raw.get("paymentData") or {}
+    document = ((payment.get("receiver") or {}).get("documentNumber")) or {}
+    value: Any = None
+    if str(document.get("type", "")).upper() == "CNPJ":
+        value = document.get("value")
+    if not value:
+        value = (raw.get("merchant") or {}).get("cnpj")
+    if not value:
+        return None
+    compact = re.sub(r"[.\-/\s]", "", str(value)).upper()
+    return compact if len(compact) == 14 else None

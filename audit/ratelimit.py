@@ -1,0 +1,137 @@
+"""One rate limiter for the whole fleet: GCRA in an atomic Redis script.
+
+Celery's `rate_limit` counts per worker, so N workers would send N times a provider's
+limit. Here every process and pod asks the same Redis key for its turn. The key holds the
+theoretical arrival time (TAT) of the next request, in Redis' own clock (microseconds), so
+clocks of different hosts never matter. A request is granted the slot at TAT and TAT moves
+one emission interval (60 / rate seconds) on; slots are handed out back to back, so while
+work waits no budget is left idle, and the sustained rate never exceeds the limit.
+
+A caller may reserve a slot up to `max_wait` seconds ahead and sleep until it; a slot
+further away is not reserved (no budget is held for a caller that goes away), the caller
+gets the wait instead and reschedules itself. A provider's 429 pushes TAT to the release
+time it announced, which slows every worker down at once (`penalize`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import cast
+
+from redis import Redis
+
+from audit.providers.base import RateLimitWait
+
+# KEYS[1] the budget; ARGV[1] emission interval (us), ARGV[2] longest wait to reserve (us).
+# Returns {granted 0/1, wait in us}.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local tat = now
+local raw = redis.call('GET', KEYS[1])
+if raw then
+  tat = math.max(tonumber(raw), now)
+end
+local wait = tat - now
+if wait > max_wait then
+  return {0, wait}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat),
+           'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return {1, wait}
+"""
+
+# KEYS[1] the budget; ARGV[1] back-off (us). Nobody is granted a slot before now + back-off.
+_PENALIZE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_at = now + tonumber(ARGV[1])
+local raw = redis.call('GET', KEYS[1])
+if raw and tonumber(raw) >= until_at then
+  return 0
+end
+redis.call('SET', KEYS[1], string.format('%d', until_at),
+           'PX', math.ceil((until_at - now) / 1000) + 1000)
+return 1
+"""
+
+_US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """granted: a slot is yours in `wait` seconds; else none was taken, come back in `wait`."""
+
+    granted: bool
+    wait: float
+
+
+class RateLimiter:
+    """Fleet-wide budgets, one Redis key per provider (and per endpoint where it counts so).
+
+    `headroom` keeps the pace a little under the configured rate: a request granted at its
+    slot still needs a few milliseconds to reach the provider, and that jitter must not make
+    two requests land inside one of the provider's windows more often than the limit allows.
+    """
+
+    def __init__(self, redis: Redis, *, prefix: str = "ratelimit:", headroom: float = 0.02):
+        if not 0 <= headroom < 1:
+            raise ValueError("headroom must be in [0, 1)")
+        self.redis = redis
+        self.prefix = prefix
+        self.headroom = headroom
+        self._reserve = redis.register_script(_RESERVE)
+        self._penalize = redis.register_script(_PENALIZE)
+
+    def interval(self, rate_per_minute: float) -> float:
+        """Seconds between two requests at this rate, headroom included."""
+        if rate_per_minute <= 0:
+            raise ValueError("rate_per_minute must be positive")
+        return 60.0 / (rate_per_minute * (1 - self.headroom))
+
+    def reserve(self, key: str, rate_per_minute: float, max_wait: float = 0.0) -> Reservation:
+        interval_us = math.ceil(self.interval(rate_per_minute) * _US)
+        max_wait_us = max(0, math.floor(max_wait * _US))
+        granted, wait_us = cast(
+            "list[int]",
+            self._reserve(keys=[self.prefix + key], args=[interval_us, max_wait_us]),
+        )
+        return Reservation(granted=bool(granted), wait=int(wait_us) / _US)
+
+    def acquire(self, key: str, rate_per_minute: float) -> float:
+        """0 when a request may go now (its slot is taken), else seconds until the next slot."""
+        reservation = self.reserve(key, rate_per_minute, 0.0)
+        return 0.0 if reservation.granted else max(reservation.wait, 1e-6)
+
+    def wait_turn(
+        self, key: str, rate_per_minute: float, *, provider: str, max_wait: float
+    ) -> float:
+        """Block until this process's slot (at most max_wait); RateLimitWait if it is further.
+
+        Returns the seconds slept. RateLimitWait is not a failure: the caller reschedules.
+        """
+        reservation = self.reserve(key, rate_per_minute, max_wait)
+        if not reservation.granted:
+            raise RateLimitWait(provider, reservation.wait)
+        if reservation.wait > 0:
+            time.sleep(reservation.wait)
+        return reservation.wait
+
+    def penalize(self, key: str, seconds: float) -> None:
+        """Hold every worker back from this budget for `seconds` (a provider's 429)."""
+        if seconds > 0:
+            self._penalize(keys=[self.prefix + key], args=[math.ceil(seconds * _US)])
+
+    def next_slot_in(self, key: str) -> float:
+        """Seconds until the budget's next free slot (0 when free now); for metrics and tests."""
+        raw = self.redis.get(self.prefix + key)
+        if raw is None:
+            return 0.0
+        seconds, micros = self.redis.time()
+        now_us = seconds * _US + micros
+        return max(0.0, (int(raw) - now_us) / _US)
