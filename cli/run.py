@@ -74,6 +74,11 @@ def run_platform(args: argparse.Namespace) -> int:
             ("MINHA_RECEITA_BASE_URL", "minha-receita"),
         ):
             env.setdefault(name, os.environ.get(name, f"{simulator_url}/{path}"))
+        # The simulator has no rate limit by default; CNPJ.ws' public 3/min would make the
+        # sample wait minutes. Set CNPJWS_RATE_PER_MINUTE to override.
+        env.setdefault(
+            "CNPJWS_RATE_PER_MINUTE", os.environ.get("CNPJWS_RATE_PER_MINUTE", "600")
+        )
         os.environ.update(env)
         settings = Settings()
         upgrade_database(settings.database_url)

@@ -184,6 +184,7 @@ def platform_env(
         "RETRY_BACKOFF_BASE_SECONDS": "0.2",
         "RETRY_JITTER_RATIO": "0",
         "PROVIDER_TIMEOUT_SECONDS": "2",
+        "CNPJWS_RATE_PER_MINUTE": "6000",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
 

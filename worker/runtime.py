@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +34,10 @@ def _runtime_for(pid: int) -> WorkerRuntime:
     redis = Redis.from_url(settings.redis_url)
     providers = build_providers(settings, redis)
     directory = SupplierDirectory(
-        sessions, providers.cnpj, redis, freshness_days=settings.supplier_cache_days
+        sessions,
+        providers.cnpj,
+        redis,
+        freshness=dt.timedelta(days=settings.supplier_cache_freshness_days),
     )
     return WorkerRuntime(
         settings=settings,
