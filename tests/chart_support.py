@@ -120,7 +120,8 @@ def pod_spec(obj: Obj) -> Obj:
 def container(obj: Obj, name: str) -> Obj:
     matches = [c for c in pod_spec(obj)["containers"] if c["name"] == name]
     assert len(matches) == 1, f"no container {name} in {obj['metadata']['name']}"
-    return matches[0]
+    found: Obj = matches[0]
+    return found
 
 
 def env_of(ctr: Obj) -> dict[str, Obj]:
