@@ -126,9 +126,7 @@ def supplier_recently_opened(
             f"{days_before} dia(s) antes da despesa de {br_date(expense.expense_date)} "
             f"(limite: {settings.recently_opened_days} dias)."
         )
-    return [
-        draft(RuleCode.SUPPLIER_RECENTLY_OPENED, Severity.WARNING, expense, message, evidence)
-    ]
+    return [draft(RuleCode.SUPPLIER_RECENTLY_OPENED, Severity.WARNING, expense, message, evidence)]
 
 
 def cnae_mismatch(
