@@ -44,15 +44,16 @@ MEASURED_RESULT_ENTRY_BYTES = 860
 # Redis with no data, as `INFO memory` used_memory reports it.
 REDIS_BASELINE_BYTES = 1_000_000
 
-# PostgreSQL 15 bytes per row including its indexes and TOAST, measured by
-# tests/test_capacity_rowsizes.py on rows from the workload generator.
+# PostgreSQL 15 bytes per row, indexes and TOAST included: the growth of
+# pg_total_relation_size per row inserted, measured by tests/test_capacity_rowsizes.py on
+# 400 generated condominiums (findings and audit-log contents are representative guesses).
 ROW_BYTES = {
-    "batches": 600,
-    "expenses": 470,
-    "findings": 700,
-    "bank_transactions": 330,
-    "audit_log": 260,
-    "supplier_registrations": 280,
+    "batches": 860,
+    "expenses": 440,
+    "findings": 1_090,
+    "bank_transactions": 435,
+    "audit_log": 280,
+    "supplier_registrations": 230,
 }
 
 

@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import math
 import random
+import statistics
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -557,7 +558,9 @@ class _Month:
             return [Planted(kind, self.ref, (expense["external_id"],), sup.cnpj, {})]
         if kind == "amount_outlier":
             sup = self.fresh("manutencao")
-            amount = self.amount("manutencao", factor=15.0)
+            usual = [Decimal(e["amount"]) for e in self.expenses if e["category"] == "manutencao"]
+            typical = statistics.median(usual) if usual else self.amount("manutencao")
+            amount = _money(float(typical) * rng.uniform(12.0, 16.0))
             expense = self.add(sup, amount, self.day())
             detail = {"category": "manutencao", "amount": str(amount)}
             return [Planted(kind, self.ref, (expense["external_id"],), sup.cnpj, detail)]
