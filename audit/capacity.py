@@ -29,9 +29,11 @@ from typing import Any
 # Worker throughput, expenses audited per second per process with a warm cache. The
 # issue's target figure, to be replaced by `bench/` output measured on this machine.
 MEASURED_AUDIT_RATE_PER_PROCESS = 1000.0
+AUDIT_RATE_IS_PLACEHOLDER = True  # set False with the measured figure above
 # Requests per second one API replica (uvicorn, 2 processes) serves within the SLO.
 # Placeholder until the locust run measures it on this machine.
 MEASURED_API_RPS_PER_REPLICA = 300.0
+API_RPS_IS_PLACEHOLDER = True  # set False with the measured figure above
 # One `audit.process_batch_expenses` message as it sits in Redis (task id argument,
 # trace context, Celery's JSON envelope): 1,244 bytes of JSON, ~1,520 bytes of Redis
 # memory, measured with 2,000 messages sent by the platform's Celery config to Redis 7.
@@ -316,7 +318,7 @@ def render(report: CapacityReport) -> str:
     )
     requests = 1 + i.status_polls_per_batch + i.reads_per_batch
     lines = [
-        f"Sizing for {i.condominiums:,} condominiums x {i.expenses_per_condominium:g} expenses",
+        f"Sizing for {i.condominiums:,} condominiums x {i.expenses_per_condominium:.1f} expenses",
         "",
         "Workload per month",
         row("expenses", f"{report.expenses:,}"),
@@ -372,6 +374,26 @@ def render(report: CapacityReport) -> str:
     for table, rows in report.db_rows.items():
         lines.append(row(table, f"{rows:>12,} rows  {megabytes(report.db_bytes[table]):>10}"))
     lines.append(row("total", f"{'':>12}       {megabytes(report.db_total_bytes):>10}"))
+    placeholders = [
+        f"{name} {value:g} is a placeholder, not yet measured on this machine"
+        for name, value, default, pending in (
+            (
+                "audit_rate_per_process",
+                i.audit_rate_per_process,
+                MEASURED_AUDIT_RATE_PER_PROCESS,
+                AUDIT_RATE_IS_PLACEHOLDER,
+            ),
+            (
+                "api_rps_per_replica",
+                i.api_rps_per_replica,
+                MEASURED_API_RPS_PER_REPLICA,
+                API_RPS_IS_PLACEHOLDER,
+            ),
+        )
+        if pending and value == default
+    ]
+    if placeholders:
+        lines += ["", "Note"] + [f"  {text}" for text in placeholders]
     lines += ["", "KEDA ScaledObject (worker Deployment)"]
     lines += [row(key, value) for key, value in report.keda.items()]
     return "\n".join(lines)

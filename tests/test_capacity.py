@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from audit.capacity import MESSAGE_BYTES_PER_CARRIED_EXPENSE, ROW_BYTES, CapacityInputs, size
+from audit.capacity import (
+    AUDIT_RATE_IS_PLACEHOLDER,
+    MESSAGE_BYTES_PER_CARRIED_EXPENSE,
+    ROW_BYTES,
+    CapacityInputs,
+    size,
+)
 from cli import capacity, workload
 from cli.main import CliError
 
@@ -173,6 +179,9 @@ def test_command_prints_report_and_json(capsys: pytest.CaptureFixture[str]) -> N
     assert "Sizing for 10,000 condominiums" in text
     assert "bound by cnpj" in text  # 3 lookups a minute cannot keep up with 10,000
     assert "maxReplicaCount" in text
+    assert ("audit_rate_per_process 1000 is a placeholder" in text) == AUDIT_RATE_IS_PLACEHOLDER
+    assert run(["capacity", "--audit-rate-per-process", "2500"]) == 0
+    assert "audit_rate_per_process" not in capsys.readouterr().out
     argv = ["capacity", "--json", "--cnpj-lookups-per-minute", "inf", "--condominiums", "100"]
     assert run(argv) == 0
     data = json.loads(capsys.readouterr().out)
