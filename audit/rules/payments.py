@@ -28,6 +28,7 @@ from audit.rules.model import (
 from audit.rules.settings import RuleSettings, normalize_category
 
 _NOT_ALNUM = re.compile(r"[^0-9A-Z]")
+_INVOICE_PREFIX = re.compile(r"^(NFSE|NFE|NFS|NF)(?=[0-9])")
 
 # Consistency constants that make MAD and the mean absolute deviation estimate the
 # standard deviation of normal data.
@@ -36,10 +37,10 @@ MEAN_AD_TO_SIGMA = Decimal("1.2533")
 
 
 def normalize_invoice(invoice_number: str | None) -> str | None:
-    """'NF-000123 ' and 'nf123' are one invoice; '000' or blank is no invoice."""
+    """'NF-e 000123', 'NFS-e 123' and '123' are one invoice; '000' or blank is none."""
     if invoice_number is None:
         return None
-    compact = _NOT_ALNUM.sub("", invoice_number.upper()).lstrip("0")
+    compact = _INVOICE_PREFIX.sub("", _NOT_ALNUM.sub("", invoice_number.upper())).lstrip("0")
     return compact or None
 
 
