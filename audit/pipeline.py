@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import Select, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -152,6 +152,33 @@ def facts_of(expense: Expense) -> ExpenseFacts:
     )
 
 
+def candidate_transactions_query(
+    condominium_id: str,
+    batch_id: str,
+    expenses: list[ExpenseFacts],
+    settings: RuleSettings,
+) -> Select[BankTransaction]:
+    """Transactions that could pay one of the batch's expenses: within the date window and of
+    an expense's amount (debits carry Pluggy's negative sign), served by the (date, amount)
+    index, and not already taken by another batch's expense."""
+    window = dt.timedelta(days=settings.match_window_days)
+    start = min(e.expense_date for e in expenses) - window
+    end = max(e.expense_date for e in expenses) + window
+    amounts = {e.amount for e in expenses} | {-e.amount for e in expenses}
+    taken_elsewhere = select(Expense.id).where(
+        Expense.condominium_id == condominium_id, Expense.batch_id != batch_id
+    )
+    return select(BankTransaction).where(
+        BankTransaction.date.between(start, end),
+        BankTransaction.amount.in_(sorted(amounts)),
+        BankTransaction.condominium_id == condominium_id,
+        or_(
+            BankTransaction.matched_expense_id.is_(None),
+            BankTransaction.matched_expense_id.not_in(taken_elsewhere),
+        ),
+    )
+
+
 def load_transactions(
     session: Session,
     condominium_id: str,
@@ -159,25 +186,10 @@ def load_transactions(
     expenses: list[ExpenseFacts],
     settings: RuleSettings,
 ) -> list[BankTransactionRecord]:
-    """The condominium's transactions around the batch's dates that no other batch's expense
-    has taken; the date range is served by the (date, amount) index."""
     if not expenses:
         return []
-    window = dt.timedelta(days=settings.match_window_days)
-    start = min(e.expense_date for e in expenses) - window
-    end = max(e.expense_date for e in expenses) + window
-    taken_elsewhere = select(Expense.id).where(
-        Expense.condominium_id == condominium_id, Expense.batch_id != batch_id
-    )
     rows = session.scalars(
-        select(BankTransaction).where(
-            BankTransaction.date.between(start, end),
-            BankTransaction.condominium_id == condominium_id,
-            or_(
-                BankTransaction.matched_expense_id.is_(None),
-                BankTransaction.matched_expense_id.not_in(taken_elsewhere),
-            ),
-        )
+        candidate_transactions_query(condominium_id, batch_id, expenses, settings)
     )
     return [
         BankTransactionRecord(
