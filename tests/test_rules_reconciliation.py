@@ -268,3 +268,75 @@ class TestNoBankMatch:
     def test_credits_are_not_candidates(self) -> None:
         [finding] = no_bank_match(expense(1), {}, [tx("t", "450.00", kind="CREDIT")], SETTINGS)
         assert finding.evidence["reason"] == "no_debit_with_amount"
+
+
+def _reference_optimum(
+    expenses: list[ExpenseFacts], debits: list[BankTransactionRecord], window: int
+) -> tuple[int, int]:
+    """(pairs, cost) of a min-cost max matching by plain Bellman-Ford augmenting paths."""
+    n_e, n_d = len(expenses), len(debits)
+    cost = {
+        (i, j): c
+        for i, e in enumerate(expenses)
+        for j, d in enumerate(debits)
+        if (c := pair_cost(e, d, window)) is not None
+    }
+    owner: dict[int, int] = {}  # debit -> expense
+    paid: dict[int, int] = {}  # expense -> debit
+    while True:
+        # nodes: ("e", i) and ("d", j); sources are unpaid expenses, targets unowned debits
+        dist: dict[tuple[str, int], int] = {("e", i): 0 for i in range(n_e) if i not in paid}
+        prev: dict[tuple[str, int], tuple[str, int]] = {}
+        for _ in range(n_e + n_d + 1):
+            changed = False
+            for (i, j), c in cost.items():
+                if paid.get(i) == j:
+                    if ("d", j) in dist and dist[("d", j)] - c < dist.get(("e", i), 1 << 60):
+                        dist[("e", i)] = dist[("d", j)] - c
+                        prev[("e", i)] = ("d", j)
+                        changed = True
+                elif ("e", i) in dist and dist[("e", i)] + c < dist.get(("d", j), 1 << 60):
+                    dist[("d", j)] = dist[("e", i)] + c
+                    prev[("d", j)] = ("e", i)
+                    changed = True
+            if not changed:
+                break
+        ends = [(dist[("d", j)], j) for j in range(n_d) if ("d", j) in dist and j not in owner]
+        if not ends:
+            break
+        node: tuple[str, int] | None = ("d", min(ends)[1])
+        while node is not None and node in prev:
+            before = prev[node]
+            if node[0] == "d":
+                owner[node[1]] = before[1]
+                paid[before[1]] = node[1]
+            node = prev.get(before)
+    return len(paid), sum(cost[(i, j)] for i, j in paid.items())
+
+
+def test_matcher_is_optimal_on_crowded_months() -> None:
+    """Dozens of expenses and debits of one amount within a few weeks."""
+    rng = random.Random(99)
+    suppliers = [SUPPLIER, OTHER, THIRD]
+    for _ in range(25):
+        size = rng.randint(10, 40)
+        expenses = [
+            expense(i, "150.00", days(rng.randint(-15, 15)), rng.choice(suppliers))
+            for i in range(size)
+        ]
+        debits = [
+            tx(
+                f"t{j}",
+                "-150.00",
+                days(rng.randint(-15, 15)),
+                receiver=rng.choice([None, None, *suppliers]),
+            )
+            for j in range(rng.randint(size // 2, size + 5))
+        ]
+        found = match_transactions(expenses, debits, SETTINGS)
+        by_id = {d.id: d for d in debits}
+        assert len(set(found.values())) == len(found)
+        costs = [pair_cost(expenses[e], by_id[t], 5) for e, t in found.items()]
+        assert None not in costs
+        total = sum(c for c in costs if c is not None)
+        assert (len(found), total) == _reference_optimum(expenses, debits, 5)

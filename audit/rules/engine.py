@@ -72,9 +72,13 @@ def evaluate(
         supplier_peers = by_supplier[(expense.condominium_id, expense.supplier_cnpj)]
         findings.extend(duplicate_payment(expense, supplier_peers, settings))
         findings.extend(split_payment(expense, supplier_peers, settings))
-        category_peers = by_category[(expense.condominium_id, normalize_category(expense.category))]
-        outlier_peers = {p.expense_id: p for p in (*supplier_peers, *category_peers)}
-        findings.extend(amount_outlier(expense, list(outlier_peers.values()), settings))
+        category = normalize_category(expense.category)
+        category_peers = by_category[(expense.condominium_id, category)]
+        # the category's expenses plus the supplier's in other categories, each once
+        outlier_peers = category_peers + [
+            p for p in supplier_peers if normalize_category(p.category) != category
+        ]
+        findings.extend(amount_outlier(expense, outlier_peers, settings))
         if bank_data_available:
             candidates = debits_by_cents.get(to_cents(expense.amount), [])
             findings.extend(no_bank_match(expense, matches, candidates, settings))

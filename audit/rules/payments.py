@@ -8,7 +8,6 @@ expenses of other suppliers or condominiums, which the rules filter out.
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -179,13 +178,24 @@ class RobustStats:
     method: str  # mad, mean_absolute_deviation or median_floor
 
 
+def _median_halves(ordered: Sequence[int]) -> int:
+    """Median of sorted integers that share one parity, so a half-sum is whole."""
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[mid]
+    return (ordered[mid - 1] + ordered[mid]) // 2
+
+
 def robust_stats(amounts: Sequence[Decimal], floor_ratio: Decimal) -> RobustStats:
     """Median and a robust spread: 1.4826 x MAD, else 1.2533 x mean absolute deviation
     when MAD is 0, never below floor_ratio x |median|."""
-    median = Decimal(statistics.median(amounts))
-    deviations = [abs(a - median) for a in amounts]
-    mad = Decimal(statistics.median(deviations))
-    mean_ad = sum(deviations, Decimal(0)) / len(deviations)
+    # Exact integer arithmetic in half-cents: a median of an even count is a half-sum.
+    halves = sorted(2 * to_cents(a) for a in amounts)
+    median_halves = _median_halves(halves)
+    deviations = sorted(abs(v - median_halves) for v in halves)
+    median = Decimal(median_halves) / 200
+    mad = Decimal(_median_halves(deviations)) / 200
+    mean_ad = Decimal(sum(deviations)) / (200 * len(deviations))
     if mad > 0:
         scale, method = MAD_TO_SIGMA * mad, "mad"
     else:

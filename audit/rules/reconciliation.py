@@ -17,9 +17,9 @@ to the one that leaves the other a candidate of its own.
 
 Speed: candidates exist only within one amount in cents, so expenses and debits are
 grouped by cents and each group is split into connected components; a component with one
-expense or one debit is settled directly, larger ones by min-cost augmenting paths
-(successive shortest paths with Dijkstra and potentials). Inputs are sorted by
-(date, id) first, so the result does not depend on input order.
+expense or one debit is settled directly, larger ones by a primal-dual min-cost flow (see
+_min_cost_max_matching). Inputs are sorted by (date, id) first, so the result does not
+depend on input order.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import heapq
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from audit.providers.base import BankTransactionRecord
 from audit.rules.model import (
@@ -74,72 +73,112 @@ def pair_cost(expense: ExpenseFacts, tx: BankTransactionRecord, window: int) -> 
     return days
 
 
-@dataclass
-class _Edge:
-    to: int
-    cap: int
-    cost: int
-    rev: int
-
-
 def _min_cost_max_matching(
     n_left: int, n_right: int, pairs: Sequence[tuple[int, int, int]]
 ) -> list[tuple[int, int]]:
-    """Max-cardinality, then min-cost bipartite matching; pairs are (left, right, cost)."""
-    source, sink = n_left + n_right, n_left + n_right + 1
-    graph: list[list[_Edge]] = [[] for _ in range(n_left + n_right + 2)]
+    """Max-cardinality, then min-cost bipartite matching; pairs are (left, right, cost).
 
-    def add(u: int, v: int, cost: int) -> None:
-        graph[u].append(_Edge(v, 1, cost, len(graph[v])))
-        graph[v].append(_Edge(u, 0, -cost, len(graph[u]) - 1))
+    Primal-dual min-cost flow: Dijkstra with potentials finds the shortest augmenting
+    distance, then a depth-first search augments along as many disjoint paths as it finds
+    whose edges all have zero reduced cost (each is a shortest path, so optimality holds),
+    and the two steps repeat until no augmenting path is left. Costs are small integers,
+    so there are few rounds even when hundreds of expenses share one amount.
+    """
+    n = n_left + n_right + 2
+    source, sink = n - 2, n - 1
+    head: list[list[int]] = [[] for _ in range(n)]
+    to: list[int] = []
+    cap: list[int] = []
+    cost: list[int] = []
+
+    def add(u: int, v: int, c: int) -> None:
+        # edge e and its reverse e ^ 1 are stored side by side
+        head[u].append(len(to))
+        to.append(v)
+        cap.append(1)
+        cost.append(c)
+        head[v].append(len(to))
+        to.append(u)
+        cap.append(0)
+        cost.append(-c)
 
     for i in range(n_left):
         add(source, i, 0)
-    for i, j, cost in pairs:
-        add(i, n_left + j, cost)
+    for i, j, c in pairs:
+        add(i, n_left + j, c)
     for j in range(n_right):
         add(n_left + j, sink, 0)
 
-    size = len(graph)
-    potential = [0] * size
-    infinity = float("inf")
+    unreached = 1 << 62
+    potential = [0] * n
     while True:
-        dist: list[float] = [infinity] * size
-        prev: list[tuple[int, int] | None] = [None] * size
+        dist = [unreached] * n
         dist[source] = 0
-        heap: list[tuple[float, int]] = [(0, source)]
+        heap = [(0, source)]
         while heap:
             d, u = heapq.heappop(heap)
             if d > dist[u]:
                 continue
-            for index, edge in enumerate(graph[u]):
-                if edge.cap <= 0:
-                    continue
-                nd = d + edge.cost + potential[u] - potential[edge.to]
-                if nd < dist[edge.to]:
-                    dist[edge.to] = nd
-                    prev[edge.to] = (u, index)
-                    heapq.heappush(heap, (nd, edge.to))
-        if dist[sink] == infinity:
+            base = d + potential[u]
+            for e in head[u]:
+                if cap[e]:
+                    v = to[e]
+                    nd = base + cost[e] - potential[v]
+                    if nd < dist[v]:
+                        dist[v] = nd
+                        heapq.heappush(heap, (nd, v))
+        if dist[sink] == unreached:
             break
-        for v in range(size):
-            if dist[v] < infinity:
-                potential[v] += int(dist[v])
-        v = sink
-        while v != source:
-            step = prev[v]
-            assert step is not None
-            u, index = step
-            edge = graph[u][index]
-            edge.cap -= 1
-            graph[v][edge.rev].cap += 1
-            v = u
+        for v in range(n):
+            if dist[v] != unreached:
+                potential[v] += dist[v]
+
+        pointer = [0] * n
+        dead = [False] * n
+        on_path = [False] * n
+        while True:
+            nodes, edges = [source], []
+            on_path[source] = True
+            while nodes and nodes[-1] != sink:
+                u = nodes[-1]
+                arcs = head[u]
+                while pointer[u] < len(arcs):
+                    e = arcs[pointer[u]]
+                    v = to[e]
+                    if (
+                        cap[e]
+                        and not on_path[v]
+                        and not dead[v]
+                        and dist[v] != unreached
+                        and cost[e] + potential[u] - potential[v] == 0
+                    ):
+                        break
+                    pointer[u] += 1
+                if pointer[u] < len(arcs):
+                    e = arcs[pointer[u]]
+                    nodes.append(to[e])
+                    edges.append(e)
+                    on_path[to[e]] = True
+                else:
+                    dead[u] = True
+                    on_path[u] = False
+                    nodes.pop()
+                    if edges:
+                        edges.pop()
+                        pointer[nodes[-1]] += 1
+            if not nodes:
+                break
+            for e in edges:
+                cap[e] -= 1
+                cap[e ^ 1] += 1
+            for v in nodes:
+                on_path[v] = False
 
     matching = []
     for i in range(n_left):
-        for edge in graph[i]:
-            if n_left <= edge.to < n_left + n_right and edge.cap == 0:
-                matching.append((i, edge.to - n_left))
+        for e in head[i]:
+            if e % 2 == 0 and cap[e] == 0 and n_left <= to[e] < n_left + n_right:
+                matching.append((i, to[e] - n_left))
     return matching
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _NOT_DIGIT = re.compile(r"\D")
 
 
+@lru_cache(maxsize=4096)
 def normalize_category(category: str) -> str:
     """'Manutenção ' and 'manutencao' are one category."""
     decomposed = unicodedata.normalize("NFKD", category.strip().lower())
