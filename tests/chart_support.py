@@ -84,7 +84,11 @@ def values_args(scenario: str, *extra: str) -> list[str]:
 def render(scenario: str, *sets: str) -> list[Obj]:
     """Every object `helm template` renders for a scenario, hooks included."""
     out = run_helm(
-        "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE,
+        "template",
+        RELEASE,
+        str(CHART_DIR),
+        "--namespace",
+        NAMESPACE,
         *values_args(scenario, *sets),
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
@@ -93,7 +97,12 @@ def render(scenario: str, *sets: str) -> list[Obj]:
 def render_notes(scenario: str) -> str:
     """NOTES.txt as `helm install` prints it (client-side dry run, no cluster needed)."""
     out = run_helm(
-        "install", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, "--dry-run=client",
+        "install",
+        RELEASE,
+        str(CHART_DIR),
+        "--namespace",
+        NAMESPACE,
+        "--dry-run=client",
         *values_args(scenario),
     ).stdout
     return out.split("NOTES:", 1)[1] if "NOTES:" in out else ""
@@ -105,7 +114,8 @@ def by_kind(objects: list[Obj], kind: str) -> list[Obj]:
 
 def one(objects: list[Obj], kind: str, component: str) -> Obj:
     found = [
-        o for o in by_kind(objects, kind)
+        o
+        for o in by_kind(objects, kind)
         if o["metadata"]["labels"].get("app.kubernetes.io/component") == component
     ]
     assert len(found) == 1, f"expected one {kind} for {component}, got {len(found)}"
@@ -148,9 +158,7 @@ def keda_schemas() -> dict[tuple[str, str], Obj]:
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
             for version in crd["spec"]["versions"]:
-                schemas[(f"{group}/{version['name']}", kind)] = version["schema"][
-                    "openAPIV3Schema"
-                ]
+                schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
     if not schemas:
         raise AssertionError(
             f"no KEDA CRD schemas in {keda_schema_dir()}: set KEDA_SCHEMA_DIR to the folder "

@@ -82,8 +82,9 @@ def workloads(objects: list[Obj]) -> list[Obj]:
 
 
 def test_helm_lint_strict(scenario: str) -> None:
-    proc = cs.run_helm("lint", "--strict", str(cs.CHART_DIR), *cs.values_args(scenario),
-                       check=False)
+    proc = cs.run_helm(
+        "lint", "--strict", str(cs.CHART_DIR), *cs.values_args(scenario), check=False
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 chart(s) failed" in proc.stdout
 
@@ -135,7 +136,8 @@ def test_service_monitors_point_at_named_service_ports(objects: list[Obj]) -> No
     for monitor in monitors:
         selector = monitor["spec"]["selector"]["matchLabels"]
         services = [
-            s for s in cs.by_kind(objects, "Service")
+            s
+            for s in cs.by_kind(objects, "Service")
             if selector.items() <= s["metadata"]["labels"].items()
         ]
         assert len(services) == 1, monitor["metadata"]["name"]
@@ -306,11 +308,16 @@ def test_connection_urls_are_composed_from_secret_env(objects: list[Obj]) -> Non
 
 
 def test_network_policies_expose_only_the_api(scenario: str, objects: list[Obj]) -> None:
-    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p
-                for p in cs.by_kind(objects, "NetworkPolicy")}
+    policies = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p
+        for p in cs.by_kind(objects, "NetworkPolicy")
+    }
     values = scenario_values(scenario)
-    expected = {"api", "worker"} | ({"redis"} if values["redis"]["enabled"] else set()) | (
-        {"postgresql"} if values["postgresql"]["enabled"] else set())
+    expected = (
+        {"api", "worker"}
+        | ({"redis"} if values["redis"]["enabled"] else set())
+        | ({"postgresql"} if values["postgresql"]["enabled"] else set())
+    )
     assert set(policies) == expected
     api_rule = policies["api"]["spec"]["ingress"]
     assert len(api_rule) == 1
@@ -326,8 +333,13 @@ def test_network_policies_expose_only_the_api(scenario: str, objects: list[Obj])
         peers = rule["from"]
         assert peers[0] == {"podSelector": {"matchLabels": release_pods}}
         for peer in peers[1:]:
-            assert peer == {"namespaceSelector": {"matchLabels": {
-                "kubernetes.io/metadata.name": values["networkPolicy"]["kedaNamespace"]}}}
+            assert peer == {
+                "namespaceSelector": {
+                    "matchLabels": {
+                        "kubernetes.io/metadata.name": values["networkPolicy"]["kedaNamespace"]
+                    }
+                }
+            }
         if component == "redis" and values["keda"]["enabled"]:
             assert len(peers) == 2, "the KEDA operator must reach Redis to read the queue"
         if component == "postgresql":
@@ -341,7 +353,7 @@ def test_network_policies_expose_only_the_api(scenario: str, objects: list[Obj])
 
 def test_queue_name_is_one_value_in_config_worker_and_trigger(scenario: str) -> None:
     for queue in (None, "audit-prod"):
-        objects = cs.render(scenario, *( [f"config.auditQueue={queue}"] if queue else []))
+        objects = cs.render(scenario, *([f"config.auditQueue={queue}"] if queue else []))
         expected = queue or scenario_values(scenario)["config"]["auditQueue"]
         assert cs.one(objects, "ConfigMap", "config")["data"]["AUDIT_QUEUE"] == expected
         command = cs.container(cs.one(objects, "Deployment", "worker"), "worker")["command"]
@@ -448,8 +460,9 @@ def test_grace_period_grows_with_max_task_seconds() -> None:
 
 
 def test_a_task_longer_than_the_visibility_timeout_is_refused() -> None:
-    proc = cs.run_helm("template", "x", str(cs.CHART_DIR), "--set", "worker.maxTaskSeconds=4000",
-                       check=False)
+    proc = cs.run_helm(
+        "template", "x", str(cs.CHART_DIR), "--set", "worker.maxTaskSeconds=4000", check=False
+    )
     assert proc.returncode != 0
     assert "brokerVisibilityTimeoutSeconds must exceed worker.maxTaskSeconds" in proc.stderr
 
@@ -469,7 +482,8 @@ def test_bundled_redis_keeps_messages(scenario: str, objects: list[Obj]) -> None
     if not scenario_values(scenario)["redis"]["enabled"]:
         assert cs.by_kind(objects, "StatefulSet") == [] or all(
             s["metadata"]["labels"]["app.kubernetes.io/component"] != "redis"
-            for s in cs.by_kind(objects, "StatefulSet"))
+            for s in cs.by_kind(objects, "StatefulSet")
+        )
         return
     conf = cs.one(objects, "ConfigMap", "redis")["data"]["redis.conf"]
     lines = [line for line in conf.splitlines() if line and not line.startswith("#")]
@@ -507,8 +521,11 @@ def test_migrations_run_as_hook_before_the_app(scenario: str, objects: list[Obj]
     db_env = cs.env_of(cs.container(job, "migrations"))["DATABASE_URL"]
     if not values["postgresql"]["enabled"] and not values["externalDatabase"]["existingSecret"]:
         # Its Secret must exist before the Job: a hook with a lower weight.
-        secret = next(s for s in cs.by_kind(objects, "Secret")
-                      if s["metadata"]["name"] == db_env["valueFrom"]["secretKeyRef"]["name"])
+        secret = next(
+            s
+            for s in cs.by_kind(objects, "Secret")
+            if s["metadata"]["name"] == db_env["valueFrom"]["secretKeyRef"]["name"]
+        )
         annotations = secret["metadata"]["annotations"]
         assert "pre-install" in annotations["helm.sh/hook"]
         job_weight = int(job["metadata"]["annotations"]["helm.sh/hook-weight"])
@@ -519,8 +536,13 @@ def test_migrations_run_as_hook_before_the_app(scenario: str, objects: list[Obj]
 
 
 def test_values_schema_rejects_typos_and_bad_numbers() -> None:
-    for bad in ("worker.concurency=4", "worker.concurrency=0", "config.auditQueue=unacked",
-                "keda.tasksPerSlot=0", "config.logFormat=xml"):
+    for bad in (
+        "worker.concurency=4",
+        "worker.concurrency=0",
+        "config.auditQueue=unacked",
+        "keda.tasksPerSlot=0",
+        "config.logFormat=xml",
+    ):
         proc = cs.run_helm("template", "x", str(cs.CHART_DIR), "--set", bad, check=False)
         assert proc.returncode != 0, f"{bad} was accepted"
 
@@ -555,14 +577,20 @@ def test_notes_say_how_to_reach_watch_and_pause() -> None:
 
 def test_k8s_manifests_match_a_fresh_render(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(cs.helm_binary()).parent}:{os.environ.get('PATH', '')}"}
-    subprocess.run(["bash", str(cs.REPO_ROOT / "scripts" / "render-k8s.sh"), str(tmp_path)],
-                   env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["bash", str(cs.REPO_ROOT / "scripts" / "render-k8s.sh"), str(tmp_path)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.yaml"))
     committed = sorted(p.relative_to(cs.K8S_DIR) for p in cs.K8S_DIR.rglob("*.yaml"))
     assert fresh == committed, "k8s/ is out of date: run scripts/render-k8s.sh"
     for rel in fresh:
         assert filecmp.cmp(tmp_path / rel, cs.K8S_DIR / rel, shallow=False), (
-            f"k8s/{rel} drifted from the chart: run scripts/render-k8s.sh")
+            f"k8s/{rel} drifted from the chart: run scripts/render-k8s.sh"
+        )
     # The plain manifests carry no credentials: every Secret is created by the user.
     for rel in committed:
         for doc in yaml.safe_load_all((cs.K8S_DIR / rel).read_text()):

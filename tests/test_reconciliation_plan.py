@@ -62,9 +62,7 @@ def query_plan(database_url: str, condominium_id: str) -> str:
         )
         for i in range(20)
     ]
-    statement = candidate_transactions_query(
-        condominium_id, "plan-batch", expenses, RuleSettings()
-    )
+    statement = candidate_transactions_query(condominium_id, "plan-batch", expenses, RuleSettings())
     engine = create_engine(database_url)
     with engine.connect() as connection:
         compiled = statement.compile(connection, compile_kwargs={"literal_binds": True})

@@ -23,6 +23,7 @@ SUPPLIER = "12ABC34501DE35"
 OTHER_SUPPLIER = "ZZ99YY88XX77" + check_digits("ZZ99YY88XX77")
 DAY = dt.date(2026, 3, 15)
 SETTINGS = RuleSettings()
+SPLIT_30_DAYS = RuleSettings(split_window_days=30)
 
 
 def expense(
@@ -147,9 +148,15 @@ class TestSplitPayment:
 
     def test_span_exactly_the_window_fires_and_one_more_day_does_not(self) -> None:
         b = expense(2, "3000.00")
-        assert split_payment(b, [expense(1, "3000.00", days(-30)), b], SETTINGS)
-        assert split_payment(b, [expense(1, "3000.00", days(-31)), b], SETTINGS) == []
-        assert split_payment(b, [expense(1, "3000.00", days(31)), b], SETTINGS) == []
+        assert split_payment(b, [expense(1, "3000.00", days(-30)), b], SPLIT_30_DAYS)
+        assert split_payment(b, [expense(1, "3000.00", days(-31)), b], SPLIT_30_DAYS) == []
+        assert split_payment(b, [expense(1, "3000.00", days(31)), b], SPLIT_30_DAYS) == []
+
+    def test_the_default_window_spares_consecutive_monthly_fees(self) -> None:
+        b = expense(2, "3000.00")
+        assert split_payment(b, [expense(1, "3000.00", days(-15)), b], SETTINGS)
+        assert split_payment(b, [expense(1, "3000.00", days(-16)), b], SETTINGS) == []
+        assert split_payment(b, [expense(1, "3000.00", days(-28)), b], SETTINGS) == []
 
     def test_a_payment_at_the_threshold_counts_as_under_it(self) -> None:
         a, b = expense(1, "5000.00", days(-1)), expense(2, "0.01")
@@ -173,7 +180,7 @@ class TestSplitPayment:
             expense(3, "1500.00", days(-20)),
         ]
         target = expense(9, "1600.00")
-        [finding] = split_payment(target, [*history, target], SETTINGS)
+        [finding] = split_payment(target, [*history, target], SPLIT_30_DAYS)
         assert finding.evidence["total"] == "5100.00"
         assert [p["expense_id"] for p in finding.evidence["payments"]] == [2, 3, 9]
 

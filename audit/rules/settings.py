@@ -22,6 +22,7 @@ _NOT_DIGIT = re.compile(r"\D")
 
 
 @lru_cache(maxsize=4096)
+@lru_cache(maxsize=4096)
 def normalize_category(category: str) -> str:
     """'Manutenção ' and 'manutencao' are one category."""
     decomposed = unicodedata.normalize("NFKD", category.strip().lower())
@@ -70,10 +71,11 @@ class RuleSettings(BaseModel):
         "not taken for a duplicate.",
     )
     split_window_days: int = Field(
-        default=30,
+        default=15,
         ge=0,
         description="Payments to one supplier whose dates span at most this many days are "
-        "summed for SPLIT_PAYMENT.",
+        "summed for SPLIT_PAYMENT. Shorter than a month so that two consecutive monthly fees "
+        "are not taken for a split.",
     )
     approval_threshold: Decimal = Field(
         default=Decimal("5000.00"),
