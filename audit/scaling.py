@@ -95,14 +95,25 @@ class Workers:
         return self.concurrency / self.task_seconds
 
 
+# Published or configured budgets, requests per minute (the platform's *_RATE_PER_MINUTE
+# defaults): CNPJ.ws public tier 3, minha-receita 300, Pluggy 360 per endpoint.
+PROVIDER_BUDGETS: dict[str, float] = {"cnpjws": 3.0, "minha_receita": 300.0, "pluggy": 360.0}
+
+
 @dataclass(frozen=True)
 class Providers:
-    """Fleet-wide budgets and what one batch spends of them (None = no limit)."""
+    """Fleet-wide budgets and what one batch spends of them (None = no limit).
 
-    cnpj_per_minute: float | None = 600.0
-    cnpj_lookups_per_batch: float = 0.5
-    pluggy_per_minute: float | None = 360.0
-    pluggy_requests_per_batch: float = 1.0
+    Defaults: the chart's CNPJ providers tried in turn (CNPJ.ws, then minha-receita), so their
+    budgets add up; per batch, the synthetic 10,000-condominium month of `condo-audit workload`
+    (31,401 unique supplier CNPJs, all uncached in a first month: 3.14 lookups per batch;
+    10,072 transaction pages: 1.0072 Pluggy requests per batch).
+    """
+
+    cnpj_per_minute: float | None = PROVIDER_BUDGETS["cnpjws"] + PROVIDER_BUDGETS["minha_receita"]
+    cnpj_lookups_per_batch: float = 3.1401
+    pluggy_per_minute: float | None = PROVIDER_BUDGETS["pluggy"]
+    pluggy_requests_per_batch: float = 1.0072
 
 
 @dataclass(frozen=True)
@@ -447,7 +458,9 @@ def _summarize(
     caps = provider_caps(scenario.providers)
     provider_rate = min(caps.values()) if caps else None
     pod_rate = peak.desired_replicas * w.batches_per_second_per_pod
-    if provider_rate is not None and provider_rate < pod_rate:
+    if max(s.queued for s in samples) < 1.0:
+        factor = "arrivals: the fleet kept up, work never waited for a slot or a budget"
+    elif provider_rate is not None and provider_rate < pod_rate:
         which = min(caps, key=lambda k: caps[k])
         factor = f"provider budget ({which})"
     else:
@@ -514,7 +527,9 @@ def scenario_from_values(values: Mapping[str, Any], source: str = "values") -> S
     Reads the keys the chart's worker ScaledObject template uses: keda.minReplicaCount,
     maxReplicaCount, pollingInterval, cooldownPeriod, activationTarget, tasksPerSlot,
     scaleUp/scaleDown (stabilizationWindowSeconds, pods, periodSeconds) and
-    worker.concurrency (target per replica = concurrency x tasksPerSlot).
+    worker.concurrency (target per replica = concurrency x tasksPerSlot); the CNPJ budget is
+    the sum over config.cnpjProviders (tried in turn), each at its *_RATE_PER_MINUTE from
+    config.extraEnv or the platform's default.
     """
     base = Scenario()
     keda: Mapping[str, Any] = values.get("keda") or {}
@@ -538,7 +553,16 @@ def scenario_from_values(values: Mapping[str, Any], source: str = "values") -> S
         scale_down=_rules(keda.get("scaleDown") or {}, DEFAULT_SCALE_DOWN, "Min"),
     )
     workers = replace(base.workers, concurrency=concurrency)
-    return Scenario(autoscaling, workers, base.providers, base.load, source)
+    config: Mapping[str, Any] = values.get("config") or {}
+    env: Mapping[str, Any] = config.get("extraEnv") or {}
+    names = config.get("cnpjProviders") or ["cnpjws"]
+    budgets = [env.get(f"{n.upper()}_RATE_PER_MINUTE", PROVIDER_BUDGETS.get(n)) for n in names]
+    providers = replace(
+        base.providers,
+        cnpj_per_minute=None if None in budgets else float(sum(budgets)),
+        pluggy_per_minute=float(env.get("PLUGGY_RATE_PER_MINUTE", PROVIDER_BUDGETS["pluggy"])),
+    )
+    return Scenario(autoscaling, workers, providers, base.load, source)
 
 
 # ----------------------------------------------------------------------------- output
@@ -573,7 +597,11 @@ def plot(
     title: str,
     notes: Sequence[str] = (),
 ) -> None:
-    """PNG with replicas (top) and backlog (bottom) over time, minutes on the x axis."""
+    """PNG: replicas, then backlog, over time (minutes); a throughput panel when known.
+
+    The recorder's rows have no arrivals or completions (a cluster cannot tell them), so its
+    PNG has the first two panels only.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -582,32 +610,60 @@ def plot(
     def col(name: str) -> list[float]:
         return [math.nan if r.get(name) is None else float(r[name] or 0.0) for r in rows]
 
+    def known(values: list[float]) -> bool:
+        return any(not math.isnan(v) and v > 0 for v in values)
+
     minutes = [float(r["t_seconds"] or 0.0) / 60.0 for r in rows]
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6.5), dpi=110)
-    top.step(minutes, col("desired_replicas"), where="post", label="desired replicas")
-    top.step(minutes, col("ready_replicas"), where="post", label="ready replicas", alpha=0.8)
+    arrivals, completions = col("arrivals"), col("completions")
+    panels = 3 if known(arrivals) or known(completions) else 2
+    height = 3.2 * panels + 0.4
+    fig, axes = plt.subplots(panels, 1, sharex=True, figsize=(10, height), dpi=110)
+    top, middle = axes[0], axes[1]
+    top.step(minutes, col("desired_replicas"), where="post", label="desired replicas", lw=2)
+    top.step(minutes, col("ready_replicas"), where="post", label="ready replicas", lw=1.2)
     top.set_ylabel("worker pods")
     top.set_ylim(bottom=0)
-    top.legend(loc="upper right")
-    top.grid(alpha=0.3)
     top.set_title(title)
-    bottom.plot(minutes, col("outstanding"), label="outstanding (KEDA formula)", color="black")
-    bottom.plot(minutes, col("queued"), label="queued", alpha=0.8)
-    in_flight = col("in_flight")
+    middle.plot(minutes, col("outstanding"), label="outstanding = KEDA formula",
+                color="black", lw=3, alpha=0.35)
+    middle.plot(minutes, col("queued"), label="queued", lw=1.2)
+    middle.plot(minutes, col("in_flight"), label="in flight", lw=1.2)
     scheduled = col("scheduled")
-    bottom.plot(minutes, in_flight, label="in flight", alpha=0.8)
-    if any(not math.isnan(v) and v > 0 for v in scheduled):
-        bottom.plot(minutes, scheduled, label="scheduled retries", alpha=0.8)
-    bottom.set_ylabel("batches")
-    bottom.set_xlabel("minutes")
-    bottom.set_ylim(bottom=0)
-    bottom.legend(loc="upper right")
-    bottom.grid(alpha=0.3)
+    if known(scheduled):
+        middle.plot(minutes, scheduled, label="scheduled retries", lw=1.2)
+    middle.set_ylabel("batches")
+    middle.set_ylim(bottom=0)
+    if panels == 3:
+        bottom = axes[2]
+        bottom.plot(minutes, _per_minute(arrivals), label="submitted / min", lw=1.2)
+        bottom.plot(minutes, _per_minute(completions), label="completed / min", lw=1.2)
+        bottom.set_ylabel("batches per minute")
+        bottom.set_ylim(bottom=0)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1].set_xlabel("minutes")
+    fig.tight_layout()
     if notes:
-        fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, family="monospace", va="bottom")
-        fig.subplots_adjust(bottom=0.08 + 0.022 * len(notes))
+        fig.text(0.01, 0.005, "\n".join(notes), fontsize=7, family="monospace", va="bottom")
+        fig.subplots_adjust(bottom=(0.6 + 0.125 * len(notes)) / height)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _per_minute(per_second: Sequence[float]) -> list[float]:
+    """A trailing 60-sample sum: per-second counts shown as a rate per minute."""
+    out: list[float] = []
+    window: deque[float] = deque()
+    total = 0.0
+    for v in per_second:
+        v = 0.0 if math.isnan(v) else v
+        window.append(v)
+        total += v
+        if len(window) > 60:
+            total -= window.popleft()
+        out.append(total)
+    return out
 
 
 def describe(scenario: Scenario) -> list[str]:
