@@ -30,7 +30,7 @@ KEDA = ("keda.sh", "v1alpha1", "scaledobjects")
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 RBAC_HINT = (
-    "the ops Role needs: get/list on deployments (apps), get/patch on deployments/scale, "
+    "The ops Role needs: get/list on deployments (apps), get/patch on deployments/scale, "
     "get/list on horizontalpodautoscalers (autoscaling), get/list/patch on scaledobjects "
     "(keda.sh); see docs/operations.md"
 )

@@ -228,9 +228,10 @@ class KubeStandin:
             return 405, _status(405, "MethodNotAllowed", f"{method} is not served here")
         resource = f"{plural}/{sub}" if sub else plural
         if (resource, verb) in self.forbidden:
+            quoted = f' "{name}"' if name else ""
             return 403, _status(
                 403, "Forbidden",
-                f'{plural}.{GROUP[plural]}{" " + repr(name) if name else ""} is forbidden: '
+                f'{plural}.{GROUP[plural]}{quoted} is forbidden: '
                 f'User "system:serviceaccount:{ns}:ops" cannot {verb} resource "{resource}" '
                 f'in API group "{GROUP[plural]}" in the namespace "{ns}"',
             )
