@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 # Modules that expose `register(subparsers)`; each adds its own sub-commands.
-COMMAND_MODULES = ("cli.db", "cli.keys", "cli.run", "cli.workload", "cli.capacity")
+COMMAND_MODULES = (
+    "cli.db",
+    "cli.keys",
+    "cli.run",
+    "cli.workload",
+    "cli.capacity",
+    "cli.ops",
+)
 
 
 class CliError(Exception):
