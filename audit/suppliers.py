@@ -27,6 +27,7 @@ from audit.providers.base import (
     Registration,
     RegistrationStatus,
 )
+from audit.settings import Settings
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -121,6 +122,26 @@ class SupplierDirectory:
         self.poll = poll
         self.prefix = prefix
         self._release = redis.register_script(_RELEASE)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        session_factory: sessionmaker[Session],
+        lookup: CnpjLookup,
+        redis: Redis,
+    ) -> SupplierDirectory:
+        """Lock long enough for the whole provider chain to answer or time out."""
+        one_call = settings.provider_timeout_seconds + settings.rate_limit_max_wait_seconds
+        lock_ttl = len(settings.cnpj_providers) * one_call + 5.0
+        return cls(
+            session_factory,
+            lookup,
+            redis,
+            dt.timedelta(days=settings.supplier_cache_freshness_days),
+            lock_ttl=lock_ttl,
+            wait=min(lock_ttl, 15.0),
+        )
 
     def cached(self, cnpjs: Iterable[str]) -> dict[str, Registration]:
         """The fresh registrations among `cnpjs` (canonical form), in one query."""

@@ -46,7 +46,7 @@ def _too_many(provider: str, wait: float, config: ProviderConfig, now: float) ->
             "titulo": "Muitas requisições",
             "detalhes": (
                 "Excedido o limite máximo de consultas por minuto. "
-                f"Liberação ocorrerá em {release_text(now + wait)}"
+                f"Liberação ocorrerá em {release_text(math.ceil(now + wait))}"
             ),
         }
     elif provider == "pluggy":

@@ -25,6 +25,8 @@ class RateWindow:
             return 0.0
         budget = rate * config.window_seconds / 60.0
         window = config.window_seconds
+        if budget < 1:  # fewer than one request per window: widen it to hold exactly one
+            budget, window = 1.0, 60.0 / rate
         if config.window == "fixed":
             start = math.floor(now / window) * window
             if start != self.fixed_start:

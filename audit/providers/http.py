@@ -86,7 +86,8 @@ def parse_release_time(text: str, now: float | None = None) -> float | None:
         when = dt.datetime(year, month, day, hour, minute, second, tzinfo=BRASILIA)
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    # The text has whole seconds; the release may be up to a second later than written.
+    return max(0.0, when.timestamp() + 1.0 - (time.time() if now is None else now))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,162 @@
+"""The fleet-wide limiter on a real redis-server, and several processes against the simulator."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from redis import Redis
+
+from audit.cnpj import check_digits
+from audit.providers.base import ProviderUnavailable, RateLimitWait
+from audit.providers.cnpj import MinhaReceitaLookup
+from audit.providers.http import Budget
+from audit.ratelimit import RateLimiter
+from simulator.testing import RedisServer, SimulatorServer
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    client.flushdb()  # the private server of this module only
+    yield client
+    client.close()
+
+
+def test_first_request_goes_and_the_next_waits_one_interval(redis: Redis) -> None:
+    limiter = RateLimiter(redis, headroom=0.0)
+    assert limiter.acquire("p", 60) == 0.0
+    wait = limiter.acquire("p", 60)
+    assert 0.9 < wait <= 1.0
+    # A refused acquire reserves nothing: asking again gives (about) the same wait.
+    assert limiter.acquire("p", 60) == pytest.approx(wait, abs=0.05)
+    # Budgets are independent per key.
+    assert limiter.acquire("other", 60) == 0.0
+
+
+def test_reserve_hands_out_consecutive_slots(redis: Redis) -> None:
+    limiter = RateLimiter(redis, headroom=0.0)
+    waits = [limiter.reserve("p", 600, max_wait=1.0) for _ in range(5)]
+    assert all(r.granted for r in waits)
+    assert [round(r.wait, 1) for r in waits] == [0.0, 0.1, 0.2, 0.3, 0.4]
+    too_far = limiter.reserve("p", 600, max_wait=0.2)
+    assert not too_far.granted
+    assert too_far.wait == pytest.approx(0.5, abs=0.05)
+
+
+def test_headroom_slows_the_pace_slightly(redis: Redis) -> None:
+    assert RateLimiter(redis, headroom=0.02).interval(60) == pytest.approx(1 / 0.98)
+
+
+def test_wait_turn_sleeps_short_waits_and_raises_long_ones(redis: Redis) -> None:
+    limiter = RateLimiter(redis, headroom=0.0)
+    limiter.wait_turn("p", 120, provider="x", max_wait=1.0)
+    started = time.monotonic()
+    slept = limiter.wait_turn("p", 120, provider="x", max_wait=1.0)
+    assert 0.4 < slept <= 0.5
+    assert time.monotonic() - started >= 0.4
+    assert limiter.wait_turn("q", 6, provider="x", max_wait=1.0) == 0.0
+    with pytest.raises(RateLimitWait) as info:
+        limiter.wait_turn("q", 6, provider="x", max_wait=1.0)
+    assert info.value.provider == "x"
+    assert 9 < info.value.wait_seconds <= 10
+
+
+def test_penalize_holds_back_every_caller(redis: Redis) -> None:
+    limiter = RateLimiter(redis)
+    limiter.penalize("p", 5)
+    assert limiter.acquire("p", 6000) == pytest.approx(5, abs=0.1)
+    assert RateLimiter(redis).acquire("p", 6000) == pytest.approx(5, abs=0.1)
+    # A shorter penalty never shortens a longer one.
+    limiter.penalize("p", 1)
+    assert limiter.next_slot_in("p") == pytest.approx(5, abs=0.1)
+
+
+def cnpj_from(n: int) -> str:
+    base = f"{n:08d}0001"
+    return base + check_digits(base)
+
+
+def _hammer(
+    redis_url: str,
+    sim_url: str,
+    rate: float,
+    max_wait: float,
+    seconds: float,
+    index: int,
+    out: Any,
+) -> None:
+    """One 'worker process': look CNPJs up as fast as the fleet's limiter lets it."""
+    redis = Redis.from_url(redis_url)
+    limiter = RateLimiter(redis)
+    budget = Budget(limiter, "minha_receita", rate, max_wait=max_wait)
+    counts = {"ok": 0, "waits": 0, "unavailable": 0}
+    with httpx.Client(timeout=5) as http:
+        lookup = MinhaReceitaLookup(http, f"{sim_url}/minha-receita", budget)
+        deadline = time.monotonic() + seconds
+        n = index * 1_000_000
+        while time.monotonic() < deadline:
+            n += 1
+            try:
+                lookup.lookup(cnpj_from(n))
+                counts["ok"] += 1
+            except RateLimitWait as exc:
+                # What a task does: come back later, not a failure.
+                counts["waits"] += 1
+                time.sleep(min(exc.wait_seconds, max(0.0, deadline - time.monotonic())))
+            except ProviderUnavailable:
+                counts["unavailable"] += 1
+    out.put(counts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("processes", "rate", "window", "max_wait"),
+    [
+        pytest.param(4, 600.0, 10.0, 2.0, id="sleep-in-place"),
+        pytest.param(4, 60.0, 10.0, 0.2, id="reschedule"),
+    ],
+)
+def test_many_processes_share_one_budget(
+    redis: Redis, redis_url: str, processes: int, rate: float, window: float, max_wait: float
+) -> None:
+    """Done-means (1) at the provider level: zero over the limit, >= 90% of it achieved,
+    both when waits are slept in place and when (longer) waits send the work away."""
+    seconds = 25.0
+    config = {"minha_receita": {"rate_per_minute": rate, "window_seconds": window}}
+    with SimulatorServer(config) as sim:
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        workers = [
+            ctx.Process(target=_hammer, args=(redis_url, sim.url, rate, max_wait, seconds, i, out))
+            for i in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        results = [out.get(timeout=seconds + 30) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=10)
+        stats = sim.stats()["minha_receita"]["cnpj"]
+    assert sum(r["unavailable"] for r in results) == 0
+    assert all(r["ok"] > 0 for r in results), results  # every process got its share
+    assert stats["over_limit"] == 0
+    assert stats["by_status"].get("429") is None
+    achieved = (stats["accepted"] - 1) / stats["accepted_span_seconds"] * 60
+    print(
+        f"\nlimiter: {processes} processes, R={rate:.0f}/min, window {window:.0f}s, "
+        f"max wait {max_wait}s, waits {sum(r['waits'] for r in results)}, "
+        f"{stats['accepted']} requests in {stats['accepted_span_seconds']:.1f}s: "
+        f"{achieved:.1f}/min = {achieved / rate:.1%} of R, over limit {stats['over_limit']}"
+    )
+    assert achieved >= 0.9 * rate
+    assert achieved <= rate
