@@ -70,7 +70,7 @@ class _Budget:
             last_tat, last_now = self.last
             interval = 60.0 / (self.rate_per_minute * (1 - self.headroom)) * _US
             # Only while the budget stayed booked does the TAT's advance count grants.
-            if last_tat >= last_now and tat >= now and now > last_now:
+            if last_tat > last_now and tat > now and now > last_now:
                 used = (tat - last_tat) / interval / ((now - last_now) / _US) * 60.0
         self.last = (tat, now)
         return used, booked
