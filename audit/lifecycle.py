@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from audit.auditlog import AuditEvent, AuditLogService
@@ -36,10 +36,23 @@ def start(session: Session, batch_id: str) -> Batch | None:
     return batch
 
 
-def rate_limited(session: Session, batch_id: str, provider: str, wait_seconds: float) -> None:
+def rate_limited(
+    session: Session, batch_id: str, provider: str, wait_seconds: float, reason: str = "budget"
+) -> int:
+    """Record a wait for provider budget; returns how many such waits the batch has had."""
     AuditLogService(session).record(
-        batch_id, AuditEvent.RATE_LIMITED, provider=provider, wait_seconds=round(wait_seconds, 3)
+        batch_id,
+        AuditEvent.RATE_LIMITED,
+        provider=provider,
+        wait_seconds=round(wait_seconds, 3),
+        reason=reason,
     )
+    count = session.scalar(
+        select(func.count()).where(
+            AuditLogEntry.batch_id == batch_id, AuditLogEntry.event == AuditEvent.RATE_LIMITED
+        )
+    )
+    return int(count or 0)
 
 
 def failed(

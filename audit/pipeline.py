@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +27,8 @@ HISTORY_DAYS = 365
 
 
 class SupplierSource(Protocol):
+    def cached(self, cnpjs: Iterable[str]) -> dict[str, Registration]: ...
+
     def get(self, cnpj: str) -> Registration: ...
 
 
@@ -92,10 +94,12 @@ class BatchAuditor:
         by_cnpj: dict[str, int] = {}
         for expense in expenses:
             by_cnpj[expense.supplier_cnpj] = by_cnpj.get(expense.supplier_cnpj, 0) + 1
-        registrations: dict[str, Registration] = {}
-        done = 0
+        registrations = self.suppliers.cached(by_cnpj)
+        done = sum(by_cnpj[cnpj] for cnpj in registrations)
         last_report = self.clock()
         for cnpj, count in by_cnpj.items():
+            if cnpj in registrations:
+                continue
             registrations[cnpj] = self.suppliers.get(cnpj)
             done += count
             if self.clock() - last_report >= self.progress_interval_seconds:

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     cnpjws_rate_per_minute: float | None = Field(default=3.0, gt=0)
     minha_receita_rate_per_minute: float | None = Field(default=300.0, gt=0)
     pluggy_rate_per_minute: float | None = Field(default=360.0, gt=0)
+    max_rate_limited_waits: int = Field(
+        default=200,
+        ge=1,
+        description="Provider 429s a batch may wait out before they count as failed attempts.",
+    )
     rate_limit_max_wait_seconds: float = Field(
         default=2.0, ge=0, description="Longer limiter waits release the worker (reschedule)."
     )

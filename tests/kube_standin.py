@@ -48,8 +48,11 @@ API_VERSION = {
     "horizontalpodautoscalers": "autoscaling/v2",
     "scaledobjects": "keda.sh/v1alpha1",
 }
-GROUP = {"deployments": "apps", "horizontalpodautoscalers": "autoscaling",
-         "scaledobjects": "keda.sh"}
+GROUP = {
+    "deployments": "apps",
+    "horizontalpodautoscalers": "autoscaling",
+    "scaledobjects": "keda.sh",
+}
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -118,10 +121,12 @@ class KubeStandin:
             hpa["status"].update(
                 currentReplicas=current,
                 desiredReplicas=desired,
-                currentMetrics=[{
-                    "type": "External",
-                    "external": {"metric": metric, "current": {"averageValue": average_value}},
-                }],
+                currentMetrics=[
+                    {
+                        "type": "External",
+                        "external": {"metric": metric, "current": {"averageValue": average_value}},
+                    }
+                ],
             )
 
     def _next_version(self) -> str:
@@ -132,8 +137,13 @@ class KubeStandin:
         """Pretend the ReplicaSet caught up, unless a test set readiness itself."""
         replicas = dep["spec"]["replicas"]
         status = dep.setdefault("status", {})
-        status.update(replicas=replicas, updatedReplicas=replicas, availableReplicas=replicas,
-                      readyReplicas=replicas, observedGeneration=1)
+        status.update(
+            replicas=replicas,
+            updatedReplicas=replicas,
+            availableReplicas=replicas,
+            readyReplicas=replicas,
+            observedGeneration=1,
+        )
 
     def _make_keda_hpa(self, so: Mapping[str, Any]) -> None:
         spec = so.get("spec") or {}
@@ -147,7 +157,9 @@ class KubeStandin:
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
             "metadata": {
-                "name": name, "namespace": self.namespace, "uid": f"uid-hpa-{name}",
+                "name": name,
+                "namespace": self.namespace,
+                "uid": f"uid-hpa-{name}",
                 "resourceVersion": self._next_version(),
                 "labels": {"scaledobject.keda.sh/name": so["metadata"]["name"]},
             },
@@ -155,13 +167,15 @@ class KubeStandin:
                 "scaleTargetRef": {"apiVersion": "apps/v1", **spec["scaleTargetRef"]},
                 "minReplicas": max(1, int(spec.get("minReplicaCount", 0))),
                 "maxReplicas": int(spec.get("maxReplicaCount", 100)),
-                "metrics": [{
-                    "type": "External",
-                    "external": {
-                        "metric": {"name": "s0-composite-metric" if modifiers else "s0-redis"},
-                        "target": {"type": "AverageValue", "averageValue": target},
-                    },
-                }],
+                "metrics": [
+                    {
+                        "type": "External",
+                        "external": {
+                            "metric": {"name": "s0-composite-metric" if modifiers else "s0-redis"},
+                            "target": {"type": "AverageValue", "averageValue": target},
+                        },
+                    }
+                ],
             },
             "status": {"currentReplicas": 1, "desiredReplicas": 1},
         }
@@ -197,11 +211,16 @@ class KubeStandin:
             "kind": "Config",
             "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
             "users": [{"name": "ops", "user": {"token": TOKEN}}],
-            "contexts": [{
-                "name": "standin",
-                "context": {"cluster": "standin", "user": "ops",
-                            "namespace": namespace or self.namespace},
-            }],
+            "contexts": [
+                {
+                    "name": "standin",
+                    "context": {
+                        "cluster": "standin",
+                        "user": "ops",
+                        "namespace": namespace or self.namespace,
+                    },
+                }
+            ],
             "current-context": "standin",
         }
         path.write_text(yaml.safe_dump(doc))
@@ -210,7 +229,12 @@ class KubeStandin:
     # ------------------------------------------------------------------ requests
 
     def handle(
-        self, method: str, path: str, query: Mapping[str, list[str]], ctype: str, body: bytes,
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, list[str]],
+        ctype: str,
+        body: bytes,
         auth: str | None,
     ) -> tuple[int, dict[str, Any]]:
         self.requests.append((method, path, ctype))
@@ -230,8 +254,9 @@ class KubeStandin:
         if (resource, verb) in self.forbidden:
             quoted = f' "{name}"' if name else ""
             return 403, _status(
-                403, "Forbidden",
-                f'{plural}.{GROUP[plural]}{quoted} is forbidden: '
+                403,
+                "Forbidden",
+                f"{plural}.{GROUP[plural]}{quoted} is forbidden: "
                 f'User "system:serviceaccount:{ns}:ops" cannot {verb} resource "{resource}" '
                 f'in API group "{GROUP[plural]}" in the namespace "{ns}"',
             )
@@ -277,7 +302,7 @@ class KubeStandin:
             pre = prefix.strip("/").split("/")
             if parts[: len(pre)] != pre:
                 continue
-            rest = parts[len(pre):]
+            rest = parts[len(pre) :]
             if len(rest) < 3 or rest[0] != "namespaces" or rest[2] != plural:
                 continue
             name = rest[3] if len(rest) > 3 else None
@@ -293,11 +318,16 @@ def _scale_of(dep: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v1",
         "kind": "Scale",
-        "metadata": {"name": dep["metadata"]["name"], "namespace": dep["metadata"]["namespace"],
-                     "resourceVersion": dep["metadata"]["resourceVersion"]},
+        "metadata": {
+            "name": dep["metadata"]["name"],
+            "namespace": dep["metadata"]["namespace"],
+            "resourceVersion": dep["metadata"]["resourceVersion"],
+        },
         "spec": {"replicas": dep["spec"]["replicas"]},
-        "status": {"replicas": dep["status"]["replicas"],
-                   "selector": ",".join(f"{k}={v}" for k, v in labels.items())},
+        "status": {
+            "replicas": dep["status"]["replicas"],
+            "selector": ",".join(f"{k}={v}" for k, v in labels.items()),
+        },
     }
 
 
@@ -314,8 +344,15 @@ def _matches(obj: Mapping[str, Any], selector: list[str] | None) -> bool:
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def _handler(standin: KubeStandin) -> type[BaseHTTPRequestHandler]:
@@ -325,8 +362,12 @@ def _handler(standin: KubeStandin) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             code, payload = standin.handle(
-                self.command, split.path, parse_qs(split.query),
-                self.headers.get("Content-Type", ""), body, self.headers.get("Authorization"),
+                self.command,
+                split.path,
+                parse_qs(split.query),
+                self.headers.get("Content-Type", ""),
+                body,
+                self.headers.get("Authorization"),
             )
             data = json.dumps(payload).encode()
             self.send_response(code)
@@ -435,5 +476,3 @@ def chart_objects(*, keda: bool = True) -> tuple[list[dict[str, Any]], str]:
                 d["spec"]["replicas"] = 2
     missing = "helm binary" if not helm else "chart templates"
     return docs, f"fallback manifests in tests/ops_support.py (no {missing})"
-
-

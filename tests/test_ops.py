@@ -72,9 +72,19 @@ def private_redis() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        ["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -101,8 +111,11 @@ def celery_message(eta: dt.datetime | None, retries: int = 0) -> str:
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
-            "lang": "py", "task": "audit.process_batch_expenses", "id": "x",
-            "eta": eta.isoformat() if eta else None, "retries": retries,
+            "lang": "py",
+            "task": "audit.process_batch_expenses",
+            "id": "x",
+            "eta": eta.isoformat() if eta else None,
+            "retries": retries,
         },
         "properties": {"delivery_tag": "t", "delivery_info": {"routing_key": "audit"}},
     }
@@ -170,10 +183,17 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> str:
         s.add(batch)
         s.flush()
         for status in ("OPEN", "OPEN", "REPLAYED"):
-            s.add(models.DeadLetter(
-                batch_id=batch.id, tenant_id=tenant.id, task_name="audit.process_batch_expenses",
-                payload={}, error="provider down", attempts=5, status=status,
-            ))
+            s.add(
+                models.DeadLetter(
+                    batch_id=batch.id,
+                    tenant_id=tenant.id,
+                    task_name="audit.process_batch_expenses",
+                    payload={},
+                    error="provider down",
+                    attempts=5,
+                    status=status,
+                )
+            )
     return url
 
 
@@ -188,21 +208,33 @@ def fill_queue(r: redis.Redis) -> None:
     """3 queued; unacked: 2 running, 1 whose eta has passed (running), 1 retry due in 10 min."""
     now = dt.datetime.now(dt.UTC)
     r.lpush("audit", "m1", "m2", "m3")
-    r.hset("unacked", mapping={
-        "tag-1": celery_message(None),
-        "tag-2": celery_message(None),
-        "tag-3": celery_message(now - dt.timedelta(seconds=30), retries=1),
-        "tag-4": celery_message(now + dt.timedelta(minutes=10), retries=2),
-    })
+    r.hset(
+        "unacked",
+        mapping={
+            "tag-1": celery_message(None),
+            "tag-2": celery_message(None),
+            "tag-3": celery_message(now - dt.timedelta(seconds=30), retries=1),
+            "tag-4": celery_message(now + dt.timedelta(minutes=10), retries=2),
+        },
+    )
 
 
 def test_status_table_shows_replicas_keda_hpa_backlog_and_dead_letters(
-    standin: KubeStandin, kubeconfig: Path, queue: redis.Redis, redis_url: str, database: str,
+    standin: KubeStandin,
+    kubeconfig: Path,
+    queue: redis.Redis,
+    redis_url: str,
+    database: str,
 ) -> None:
     fill_queue(queue)
     standin.set_hpa_metric(HPA_NAME, "1750m", current=1, desired=2)
-    code, out, err = run_cli(["ops", "status", *cluster_args(
-        kubeconfig, "--redis-url", redis_url, "--database-url", database)])
+    code, out, err = run_cli(
+        [
+            "ops",
+            "status",
+            *cluster_args(kubeconfig, "--redis-url", redis_url, "--database-url", database),
+        ]
+    )
     assert code == 0, err
     rows = table(out)
     assert rows["worker deployment"] == WORKER
@@ -223,15 +255,29 @@ def test_status_table_shows_replicas_keda_hpa_backlog_and_dead_letters(
 
 
 def test_status_json_has_the_same_facts(
-    standin: KubeStandin, kubeconfig: Path, queue: redis.Redis, redis_url: str, database: str,
+    standin: KubeStandin,
+    kubeconfig: Path,
+    queue: redis.Redis,
+    redis_url: str,
+    database: str,
 ) -> None:
     fill_queue(queue)
-    code, out, err = run_cli(["ops", "status", "--json", *cluster_args(
-        kubeconfig, "--redis-url", redis_url, "--database-url", database)])
+    code, out, err = run_cli(
+        [
+            "ops",
+            "status",
+            "--json",
+            *cluster_args(kubeconfig, "--redis-url", redis_url, "--database-url", database),
+        ]
+    )
     assert code == 0, err
     data = json.loads(out)
     assert data["deployment"] == {
-        "name": WORKER, "desired": 1, "ready": 1, "updated": 1, "available": 1
+        "name": WORKER,
+        "desired": 1,
+        "ready": 1,
+        "updated": 1,
+        "available": 1,
     }
     assert data["scaledObject"]["paused"] is False
     assert data["scaledObject"]["triggers"] == {"queued": "audit", "inflight": "unacked"}
@@ -247,8 +293,15 @@ def test_status_json_has_the_same_facts(
 def test_status_reports_an_unreachable_redis_and_exits_non_zero(
     kubeconfig: Path, database: str
 ) -> None:
-    code, out, err = run_cli(["ops", "status", *cluster_args(
-        kubeconfig, "--redis-url", "redis://127.0.0.1:1/0", "--database-url", database)])
+    code, out, err = run_cli(
+        [
+            "ops",
+            "status",
+            *cluster_args(
+                kubeconfig, "--redis-url", "redis://127.0.0.1:1/0", "--database-url", database
+            ),
+        ]
+    )
     assert code == 1
     assert table(out)["queue"].startswith("unavailable")
     assert "Redis at redis://127.0.0.1:1/0" in err
@@ -276,7 +329,11 @@ def test_missing_permission_names_the_rbac_rule(standin: KubeStandin, kubeconfig
 
 
 def test_pause_pins_replicas_with_the_keda_annotation_and_resume_removes_it(
-    standin: KubeStandin, kubeconfig: Path, queue: redis.Redis, redis_url: str, database: str,
+    standin: KubeStandin,
+    kubeconfig: Path,
+    queue: redis.Redis,
+    redis_url: str,
+    database: str,
 ) -> None:
     code, out, err = run_cli(["ops", "pause", "--replicas", "3", *cluster_args(kubeconfig)])
     assert code == 0, err
@@ -287,8 +344,13 @@ def test_pause_pins_replicas_with_the_keda_annotation_and_resume_removes_it(
     assert patches
     assert patches[-1][2] == "application/merge-patch+json"
 
-    code, out, _ = run_cli(["ops", "status", *cluster_args(
-        kubeconfig, "--redis-url", redis_url, "--database-url", database)])
+    code, out, _ = run_cli(
+        [
+            "ops",
+            "status",
+            *cluster_args(kubeconfig, "--redis-url", redis_url, "--database-url", database),
+        ]
+    )
     assert table(out)["autoscaling"] == "paused at 3 replicas"
     assert table(out)["paused"] == "yes (paused-replicas 3)"
 
@@ -296,16 +358,20 @@ def test_pause_pins_replicas_with_the_keda_annotation_and_resume_removes_it(
     assert code == 0, err
     annotations = standin.get("scaledobjects", SO_NAME)["metadata"].get("annotations") or {}
     assert "autoscaling.keda.sh/paused-replicas" not in annotations
-    code, out, _ = run_cli(["ops", "status", *cluster_args(
-        kubeconfig, "--redis-url", redis_url, "--database-url", database)])
+    code, out, _ = run_cli(
+        [
+            "ops",
+            "status",
+            *cluster_args(kubeconfig, "--redis-url", redis_url, "--database-url", database),
+        ]
+    )
     assert table(out)["autoscaling"] == "KEDA"
 
 
-def test_resume_also_clears_the_paused_annotation(
-    standin: KubeStandin, kubeconfig: Path
-) -> None:
+def test_resume_also_clears_the_paused_annotation(standin: KubeStandin, kubeconfig: Path) -> None:
     standin.get("scaledobjects", SO_NAME)["metadata"]["annotations"] = {
-        "autoscaling.keda.sh/paused": "true", "keep": "me"
+        "autoscaling.keda.sh/paused": "true",
+        "keep": "me",
     }
     code, _out, err = run_cli(["ops", "resume", *cluster_args(kubeconfig)])
     assert code == 0, err
@@ -354,7 +420,10 @@ def standin_keda_off() -> Iterator[KubeStandin]:
 
 
 def test_scale_uses_the_scale_subresource_when_keda_is_off(
-    standin_keda_off: KubeStandin, tmp_path: Path, redis_url: str, database: str,
+    standin_keda_off: KubeStandin,
+    tmp_path: Path,
+    redis_url: str,
+    database: str,
     queue: redis.Redis,
 ) -> None:
     kubeconfig = standin_keda_off.write_kubeconfig(tmp_path / "kubeconfig")
@@ -365,8 +434,13 @@ def test_scale_uses_the_scale_subresource_when_keda_is_off(
     patch_paths = [r[1] for r in standin_keda_off.requests if r[0] == "PATCH"]
     assert patch_paths == [f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{WORKER}/scale"]
 
-    code, out, _ = run_cli(["ops", "status", *cluster_args(
-        kubeconfig, "--redis-url", redis_url, "--database-url", database)])
+    code, out, _ = run_cli(
+        [
+            "ops",
+            "status",
+            *cluster_args(kubeconfig, "--redis-url", redis_url, "--database-url", database),
+        ]
+    )
     rows = table(out)
     assert rows["replicas desired/ready"] == "5 / 5"
     assert rows["scaledobject"] == "none"
@@ -383,9 +457,7 @@ def test_pause_and_resume_need_a_scaledobject(
         assert f"no ScaledObject scales {WORKER}" in err
 
 
-def test_keda_not_installed_means_no_scaledobject(
-    standin: KubeStandin, kubeconfig: Path
-) -> None:
+def test_keda_not_installed_means_no_scaledobject(standin: KubeStandin, kubeconfig: Path) -> None:
     standin.unserved.add("scaledobjects")  # the API answers 404 for the whole resource type
     code, _out, err = run_cli(["ops", "pause", "--replicas", "2", *cluster_args(kubeconfig)])
     assert code == 2
@@ -407,7 +479,11 @@ def test_scale_without_permission_on_the_subresource(
 
 
 def test_record_samples_replicas_backlog_and_budgets_into_csv_and_png(
-    standin: KubeStandin, kubeconfig: Path, queue: redis.Redis, redis_url: str, tmp_path: Path,
+    standin: KubeStandin,
+    kubeconfig: Path,
+    queue: redis.Redis,
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     """A few samples while the 'cluster' changes under the recorder, as during a load test."""
     fill_queue(queue)
@@ -428,9 +504,27 @@ def test_record_samples_replicas_backlog_and_budgets_into_csv_and_png(
     worker = threading.Thread(target=load_arrives)
     worker.start()
     out_csv, out_png = tmp_path / "rec.csv", tmp_path / "rec.png"
-    code, _out, err = run_cli(["ops", "record", *cluster_args(
-        kubeconfig, "--redis-url", redis_url, "--interval", "0.25", "--duration", "1.5",
-        "--csv", str(out_csv), "--png", str(out_png), "--pluggy-rate", "360")])
+    code, _out, err = run_cli(
+        [
+            "ops",
+            "record",
+            *cluster_args(
+                kubeconfig,
+                "--redis-url",
+                redis_url,
+                "--interval",
+                "0.25",
+                "--duration",
+                "1.5",
+                "--csv",
+                str(out_csv),
+                "--png",
+                str(out_png),
+                "--pluggy-rate",
+                "360",
+            ),
+        ]
+    )
     worker.join()
     assert code == 0, err
     assert changed.is_set()
@@ -458,8 +552,22 @@ def test_record_fails_at_once_without_permission(
     standin: KubeStandin, kubeconfig: Path, redis_url: str, tmp_path: Path
 ) -> None:
     standin.forbidden.add(("deployments", "list"))
-    code, _out, err = run_cli(["ops", "record", *cluster_args(
-        kubeconfig, "--redis-url", redis_url, "--interval", "0.1", "--duration", "0.3",
-        "--csv", str(tmp_path / "r.csv"))])
+    code, _out, err = run_cli(
+        [
+            "ops",
+            "record",
+            *cluster_args(
+                kubeconfig,
+                "--redis-url",
+                redis_url,
+                "--interval",
+                "0.1",
+                "--duration",
+                "0.3",
+                "--csv",
+                str(tmp_path / "r.csv"),
+            ),
+        ]
+    )
     assert code == 2
     assert "permission denied" in err

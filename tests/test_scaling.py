@@ -51,17 +51,20 @@ def test_step_load_scales_by_the_formula_within_the_scale_up_policy() -> None:
     max(1 + 4 pods, 1 x 200%) = 5; at 30 s, 6. Slots never bind (100 per pod).
     """
     scenario = Scenario(
-        Autoscaling(min_replicas=1, max_replicas=20, target_per_replica=5,
-                    polling_interval_seconds=15, sync_seconds=15),
+        Autoscaling(
+            min_replicas=1,
+            max_replicas=20,
+            target_per_replica=5,
+            polling_interval_seconds=15,
+            sync_seconds=15,
+        ),
         Workers(concurrency=100, task_seconds=10, pod_startup_seconds=0),
         UNLIMITED,
         Load(condominiums=1800, window_minutes=10, shape="uniform"),
     )
     result = simulate(scenario)
     assert result.samples[15].outstanding == pytest.approx(30)
-    assert [replicas_at(result, t) for t in (0, 14, 15, 29, 30, 300, 599)] == [
-        1, 1, 5, 5, 6, 6, 6
-    ]
+    assert [replicas_at(result, t) for t in (0, 14, 15, 29, 30, 300, 599)] == [1, 1, 5, 5, 6, 6, 6]
     assert result.summary.peak_replicas == 6
     assert result.summary.peak_replicas_at_seconds == 30
     # The last batch arrives at 599 s and finishes 10 s later.
@@ -75,8 +78,13 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
     HPA keeps the highest recommendation of the last 300 s, so the fleet drops to the minimum
     at 900 s (the default scale-down policy, 100% per 15 s, removes all 5 at once)."""
     scenario = Scenario(
-        Autoscaling(min_replicas=1, max_replicas=20, target_per_replica=5,
-                    polling_interval_seconds=15, sync_seconds=15),
+        Autoscaling(
+            min_replicas=1,
+            max_replicas=20,
+            target_per_replica=5,
+            polling_interval_seconds=15,
+            sync_seconds=15,
+        ),
         Workers(concurrency=100, task_seconds=10, pod_startup_seconds=0),
         UNLIMITED,
         Load(condominiums=1800, window_minutes=10, shape="uniform"),
@@ -97,7 +105,9 @@ def test_scale_down_follows_the_charts_pods_per_period_policy() -> None:
     """
     scenario = Scenario(
         Autoscaling(
-            min_replicas=1, max_replicas=20, target_per_replica=10,
+            min_replicas=1,
+            max_replicas=20,
+            target_per_replica=10,
             scale_down=ScalingRules(120, (ScalingPolicy("Pods", 2, 60),), "Min"),
         ),
         Workers(concurrency=100, task_seconds=10, pod_startup_seconds=0),
@@ -141,14 +151,18 @@ def test_the_tolerance_keeps_the_fleet_when_the_ratio_is_within_ten_percent() ->
     ceil(21 / 5) would be 5 pods, but |1.05 - 1| <= 0.1, so the HPA keeps 4; with a tolerance
     of 0.01 it scales to 5.
     """
+
     def run(tolerance: float) -> scaling.Result:
-        return simulate(Scenario(
-            Autoscaling(min_replicas=4, max_replicas=20, target_per_replica=5,
-                        tolerance=tolerance),
-            Workers(concurrency=100, task_seconds=10, pod_startup_seconds=0),
-            UNLIMITED,
-            Load(condominiums=1260, window_minutes=10, shape="uniform"),
-        ))
+        return simulate(
+            Scenario(
+                Autoscaling(
+                    min_replicas=4, max_replicas=20, target_per_replica=5, tolerance=tolerance
+                ),
+                Workers(concurrency=100, task_seconds=10, pod_startup_seconds=0),
+                UNLIMITED,
+                Load(condominiums=1260, window_minutes=10, shape="uniform"),
+            )
+        )
 
     assert run(0.1).summary.peak_replicas == 4
     strict = run(0.01)
@@ -220,7 +234,7 @@ def run_cli(argv: Sequence[str]) -> tuple[int, str, str]:
 
 def summary_value(out: str, label: str) -> str:
     line = next(x for x in out.splitlines() if x.startswith(label))
-    return line[len(label):].strip()
+    return line[len(label) :].strip()
 
 
 def test_changing_values_yaml_changes_the_prediction(tmp_path: Path) -> None:
@@ -228,8 +242,18 @@ def test_changing_values_yaml_changes_the_prediction(tmp_path: Path) -> None:
     chart = tmp_path / "chart"
     chart.mkdir()
     (chart / "values.yaml").write_text(CHART_VALUES)
-    common = ["ops", "simulate", "--chart", str(chart), "--condominiums", "10000",
-              "--window-minutes", "30", "--pluggy-per-minute", "360"]
+    common = [
+        "ops",
+        "simulate",
+        "--chart",
+        str(chart),
+        "--condominiums",
+        "10000",
+        "--window-minutes",
+        "30",
+        "--pluggy-per-minute",
+        "360",
+    ]
     code, out, err = run_cli(common)
     assert code == 0, err
     assert summary_value(out, "peak replicas").startswith("20 ")
@@ -245,10 +269,22 @@ def test_changing_values_yaml_changes_the_prediction(tmp_path: Path) -> None:
 
 def test_simulate_writes_csv_and_png(tmp_path: Path) -> None:
     csv_path, png_path = tmp_path / "s.csv", tmp_path / "s.png"
-    code, out, err = run_cli([
-        "ops", "simulate", "--chart", str(tmp_path), "--condominiums", "500",
-        "--window-minutes", "5", "--csv", str(csv_path), "--png", str(png_path),
-    ])
+    code, out, err = run_cli(
+        [
+            "ops",
+            "simulate",
+            "--chart",
+            str(tmp_path),
+            "--condominiums",
+            "500",
+            "--window-minutes",
+            "5",
+            "--csv",
+            str(csv_path),
+            "--png",
+            str(png_path),
+        ]
+    )
     assert code == 0, err
     assert "parameters from built-in defaults" in out
     with csv_path.open() as fh:
@@ -264,7 +300,8 @@ def test_simulate_writes_csv_and_png(tmp_path: Path) -> None:
 
 
 def test_simulate_rejects_impossible_settings(tmp_path: Path) -> None:
-    code, _out, err = run_cli(["ops", "simulate", "--chart", str(tmp_path),
-                               "--min-replicas", "5", "--max-replicas", "2"])
+    code, _out, err = run_cli(
+        ["ops", "simulate", "--chart", str(tmp_path), "--min-replicas", "5", "--max-replicas", "2"]
+    )
     assert code == 2
     assert "min 5 > max 2" in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,12 +32,7 @@ def _runtime_for(pid: int) -> WorkerRuntime:
     sessions = session_factory(settings.database_url)
     redis = Redis.from_url(settings.redis_url)
     providers = build_providers(settings, redis)
-    directory = SupplierDirectory(
-        sessions,
-        providers.cnpj,
-        redis,
-        freshness=dt.timedelta(days=settings.supplier_cache_freshness_days),
-    )
+    directory = SupplierDirectory.from_settings(settings, sessions, providers.cnpj, redis)
     return WorkerRuntime(
         settings=settings,
         sessions=sessions,
