@@ -10,7 +10,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
 from audit.auth import tenant_for_key
-from audit.db import session_factory
+from audit.db import session_scope
 from audit.settings import Settings
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -22,15 +22,8 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:
-    session = session_factory(settings.database_url)()
-    try:
+    with session_scope(settings.database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 def current_tenant(

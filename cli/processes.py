@@ -139,7 +139,7 @@ def start_simulator(
 ) -> ManagedProcess:
     argv = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
     process = spawn(f"simulator-{port}", argv + (extra_args or []), env, log_dir)
-    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/_sim/stats"), "simulator", 30, process)
+    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/_sim/health"), "simulator", 30, process)
     return process
 
 

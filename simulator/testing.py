@@ -1,53 +1,22 @@
-"""Real processes for tests and load runs: the simulator and a private redis-server."""
+"""Context managers over the platform's process launcher (cli.processes) for tests and load
+runs: the simulator with a client for its control paths, and a private redis-server."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from cli.processes import ManagedProcess, free_port, start_redis, start_simulator
+
+__all__ = ["RedisServer", "SimulatorServer", "free_port"]
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for(check: Any, what: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        try:
-            if check():
-                return
-        except (OSError, httpx.HTTPError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not start within {timeout}s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 class SimulatorServer:
@@ -57,34 +26,22 @@ class SimulatorServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = config or {}
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ManagedProcess | None = None
+        self.log_dir = Path(tempfile.mkdtemp(prefix="simulator-"))
 
     def start(self) -> SimulatorServer:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "simulator",
-                "--port",
-                str(self.port),
-                "--config",
-                json.dumps(self.config),
-            ],
-            cwd=ROOT,
-            env=env,
-        )
-        _wait_for(
-            lambda: httpx.get(f"{self.url}/_sim/health", timeout=1).status_code == 200,
-            "simulator",
-            self.process,
-            20,
+        self.process = start_simulator(
+            self.port,
+            {"PYTHONPATH": str(ROOT)},
+            self.log_dir,
+            ["--config", json.dumps(self.config)],
         )
         return self
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop(self.process)
+            self.process.stop(timeout=5)
+        shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def configure(self, **providers: dict[str, Any]) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/_sim/config", json=providers, timeout=5)
@@ -126,47 +83,20 @@ class SimulatorServer:
 class RedisServer:
     """A throw-away redis-server: no persistence, its own port, removed on exit."""
 
-    def __init__(self, binary: str = "/usr/bin/redis-server") -> None:
-        self.binary = shutil.which("redis-server") if not Path(binary).exists() else binary
+    def __init__(self) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.workdir: str | None = None
+        self.process: ManagedProcess | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="redis-test-"))
 
     def start(self) -> RedisServer:
-        if self.binary is None:
-            raise RuntimeError("redis-server not found")
-        self.workdir = tempfile.mkdtemp(prefix="redis-test-")
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-
-        def ping() -> bool:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-
-        _wait_for(ping, "redis-server", self.process, 10)
+        self.process = start_redis(self.port, self.workdir / "data", self.workdir)
         return self
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop(self.process)
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.process.stop(timeout=5)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
         return self.start()
