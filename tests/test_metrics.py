@@ -105,33 +105,38 @@ def finish(platform: Platform, task_id: str) -> dict[str, Any]:
     return platform.wait_for_status(task_id, {"SUCCESS", "FAILURE"}, timeout=90)
 
 
-def test_every_metric_is_exported_with_its_labels_after_a_run(metered: Platform) -> None:
-    condominium = metered.create_condominium(account_id=f"acc-{uuid.uuid4().hex[:8]}")
+def run_every_path(platform: Platform) -> None:
+    """Batches that take every path a metric counts: retry, cache hit, bank account, 429
+    and a rescheduled limiter wait, dead letter."""
+    condominium = platform.create_condominium(account_id=f"acc-{uuid.uuid4().hex[:8]}")
     shared = make_cnpj(f"metrics-shared-{uuid.uuid4()}")
 
     # A 503 then success; then the same supplier again (cache hit) with a bank account.
-    configure(metered, cnpjws={"fail_next": 1, "fail_status": 503})
-    assert finish(metered, submit(metered, condominium, shared))["status"] == "SUCCESS"
-    assert finish(metered, submit(metered, condominium, shared))["status"] == "SUCCESS"
+    configure(platform, cnpjws={"fail_next": 1, "fail_status": 503})
+    assert finish(platform, submit(platform, condominium, shared))["status"] == "SUCCESS"
+    assert finish(platform, submit(platform, condominium, shared))["status"] == "SUCCESS"
     # A 429 pushes the fleet's budget back by its Retry-After: the retry finds its
     # slot too far away (more than RATE_LIMIT_MAX_WAIT_SECONDS) and is rescheduled.
     configure(
-        metered,
+        platform,
         cnpjws={"fail_next": 1, "fail_status": 429, "retry_after": True, "retry_after_seconds": 2},
     )
     try:
-        limited = submit(metered, condominium, make_cnpj(f"metrics-429-{uuid.uuid4()}"))
-        assert finish(metered, limited)["status"] == "SUCCESS"
+        limited = submit(platform, condominium, make_cnpj(f"metrics-429-{uuid.uuid4()}"))
+        assert finish(platform, limited)["status"] == "SUCCESS"
     finally:
-        configure(metered, cnpjws={"retry_after": False, "retry_after_seconds": None})
+        configure(platform, cnpjws={"retry_after": False, "retry_after_seconds": None})
     # An outage: both attempts fail, the batch is dead-lettered.
-    configure(metered, cnpjws={"outage": True})
+    configure(platform, cnpjws={"outage": True})
     try:
-        dead = submit(metered, condominium, make_cnpj(f"metrics-dead-{uuid.uuid4()}"))
-        assert finish(metered, dead)["status"] == "FAILURE"
+        dead = submit(platform, condominium, make_cnpj(f"metrics-dead-{uuid.uuid4()}"))
+        assert finish(platform, dead)["status"] == "FAILURE"
     finally:
-        configure(metered, cnpjws={"outage": False})
+        configure(platform, cnpjws={"outage": False})
 
+
+def test_every_metric_is_exported_with_its_labels_after_a_run(metered: Platform) -> None:
+    run_every_path(metered)
     worker = worker_samples(metered)
     # Multiprocess mode is really in use: the stale file is gone, the children wrote theirs.
     files = {p.name for p in MULTIPROC_DIRS[metered.api_url].iterdir()}
