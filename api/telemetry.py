@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from audit.db import session_factory
 from audit.models import DeadLetter
 from audit.observability import metrics
-from audit.observability.instrumentation import instrument_sqlalchemy
+from audit.observability.instrumentation import instrument_fastapi, instrument_sqlalchemy
 from audit.observability.logs import configure_logging
-from audit.observability.tracing import setup_tracing
+from audit.observability.tracing import setup_tracing, shutdown_tracing
 from audit.settings import Settings
 
 SERVICE_NAME = "condo-audit-api"
@@ -54,6 +54,29 @@ class RequestMetrics:
             method = scope["method"]
             metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
             metrics.HTTP_LATENCY.labels(method, template).observe(time.perf_counter() - started)
+
+
+class FlushTracesOnShutdown:
+    """Exports the last spans when the server shuts down.
+
+    uvicorn re-raises SIGTERM after a graceful shutdown, so the process dies by the signal
+    and the SDK's atexit flush never runs; the lifespan's shutdown is the last safe moment.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                shutdown_tracing()
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
 
 
 def open_dead_letter_counter(database_url: str) -> Any:
@@ -94,9 +117,6 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     provider = setup_tracing(SERVICE_NAME)
     if provider is not None:
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=provider, excluded_urls=",".join(UNOBSERVED_PATHS)
-        )
+        app.add_middleware(FlushTracesOnShutdown)
+        instrument_fastapi(app, provider, ",".join(UNOBSERVED_PATHS))
         instrument_sqlalchemy(provider)

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
-import sqlalchemy
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 

@@ -60,13 +60,21 @@ class ReceivedSpan:
 @dataclass
 class OtlpReceiver:
     url: str
+    decode: bool = True
     spans: list[ReceivedSpan] = field(default_factory=list)
     requests: int = 0
+    span_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, body: bytes) -> None:
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
+        if not self.decode:  # a benchmark's sink: count, keep nothing
+            count = sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            with self.lock:
+                self.span_count += count
+                self.requests += 1
+            return
         received: list[ReceivedSpan] = []
         for resource_spans in request.resource_spans:
             resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
@@ -98,6 +106,7 @@ class OtlpReceiver:
                     )
         with self.lock:
             self.spans.extend(received)
+            self.span_count += len(received)
             self.requests += 1
 
     def snapshot(self) -> list[ReceivedSpan]:
@@ -122,7 +131,7 @@ class OtlpReceiver:
 
 
 @contextmanager
-def otlp_receiver() -> Iterator[OtlpReceiver]:
+def otlp_receiver(decode: bool = True) -> Iterator[OtlpReceiver]:
     """Serve OTLP/HTTP (protobuf) on a free loopback port until the block ends."""
     holder: dict[str, OtlpReceiver] = {}
 
@@ -147,7 +156,9 @@ def otlp_receiver() -> Iterator[OtlpReceiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    holder["receiver"] = OtlpReceiver(url=f"http://127.0.0.1:{server.server_address[1]}")
+    holder["receiver"] = OtlpReceiver(
+        url=f"http://127.0.0.1:{server.server_address[1]}", decode=decode
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

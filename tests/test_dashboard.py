@@ -37,9 +37,7 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
     text = re.sub(r"\{[^}]*\}", "", text)
     text = re.sub(r"\[[^\]]*\]", "", text)
-    text = re.sub(
-        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r"\1", text
-    )
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", r"\1", text)
     functions = set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(", text))
     unknown = functions - PROMQL_FUNCTIONS - PROMQL_KEYWORDS
     assert not unknown, f"unknown PromQL functions {unknown} in {expr!r}"
@@ -60,7 +58,8 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def test_the_dashboard_is_a_valid_grafana_dashboard() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    assert dashboard["uid"] and dashboard["title"]
+    assert dashboard["uid"]
+    assert dashboard["title"]
     assert isinstance(dashboard["schemaVersion"], int)
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert {"datasource", "queue"} <= variables
@@ -71,7 +70,8 @@ def test_the_dashboard_is_a_valid_grafana_dashboard() -> None:
         assert panel["type"] in GRAFANA_PANEL_TYPES
         grid = panel["gridPos"]
         assert all(isinstance(grid[k], int) for k in ("x", "y", "w", "h"))
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24
+        assert grid["x"] >= 0
+        assert grid["x"] + grid["w"] <= 24
         cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
                  for y in range(grid["y"], grid["y"] + grid["h"])}  # fmt: skip
         assert not cells & occupied, f"panel {panel['title']!r} overlaps another"
@@ -79,7 +79,8 @@ def test_the_dashboard_is_a_valid_grafana_dashboard() -> None:
         if panel["type"] == "row":
             continue
         refs = [t["refId"] for t in panel["targets"]]
-        assert refs and len(refs) == len(set(refs)), panel["title"]
+        assert refs, panel["title"]
+        assert len(refs) == len(set(refs)), panel["title"]
         for target in panel["targets"]:
             names = metric_names(target["expr"])
             assert names, target["expr"]
@@ -113,7 +114,8 @@ def test_the_alert_rules_are_valid_and_cover_the_failures() -> None:
     for rule in rules:
         assert re.fullmatch(r"\d+[smh]", rule["for"]), rule
         assert rule["labels"]["severity"] in {"warning", "critical"}
-        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert rule["annotations"]["summary"]
+        assert rule["annotations"]["description"]
         assert metric_names(rule["expr"]), rule["expr"]
     by_metric = {n: rule["alert"] for rule in rules for n in metric_names(rule["expr"])}
     assert "condo_audit_dead_letters_open" in by_metric  # a growing dead-letter queue

@@ -14,11 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from audit.db import upgrade_database
+from audit.settings import Settings
 from cli.processes import free_port
 from tests.conftest import Platform, launch_platform, sqlite_url
 from tests.helpers import active_registration, expense, make_cnpj
 from worker.celery_app import PROCESS_BATCH_TASK, create_celery_app
-from audit.settings import Settings
 
 TASK = PROCESS_BATCH_TASK
 Sample = tuple[str, dict[str, str], float]
@@ -27,9 +27,7 @@ MULTIPROC_DIRS: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def metered(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: str
-) -> Iterator[Platform]:
+def metered(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Platform]:
     database_url = sqlite_url(tmp_path_factory.mktemp("db"))
     upgrade_database(database_url)
     extra = {"MAX_ATTEMPTS": "2", "RATE_LIMIT_MAX_WAIT_SECONDS": "0.5"}
@@ -179,8 +177,10 @@ def test_every_metric_is_exported_with_its_labels_after_a_run(metered: Platform)
     assert value(
         api, "condo_audit_http_requests_total", method="GET", route="/tasks/{task_id}", status="200"
     )
-    assert not any("route" in lab and lab["route"].startswith("/tasks/") and "{" not in lab["route"]
-                   for _, lab, _ in api)
+    assert not any(
+        "route" in lab and lab["route"].startswith("/tasks/") and "{" not in lab["route"]
+        for _, lab, _ in api
+    )
     assert value(api, "condo_audit_dead_letters_open") == 1
     assert value(api, "condo_audit_workers") == 1
     assert value(api, "condo_audit_ratelimit_budget_per_minute", budget="cnpjws") == 6000
@@ -197,9 +197,7 @@ def test_the_queue_signal_splits_queued_in_flight_and_scheduled(metered: Platfor
     app.send_task(TASK, args=["no-such-batch"], queue=queue, countdown=600)
     configure(metered, cnpjws={"latency_ms": 2500})
     try:
-        tasks = [
-            submit(metered, condominium, make_cnpj(f"slow-{uuid.uuid4()}")) for _ in range(4)
-        ]
+        tasks = [submit(metered, condominium, make_cnpj(f"slow-{uuid.uuid4()}")) for _ in range(4)]
         deadline = time.monotonic() + 10
         while True:
             api = api_samples(metered)

@@ -116,8 +116,9 @@ def on_worker_ready(sender: Any = None, **_: Any) -> None:
                 "metrics on http://%s:%d/metrics%s",
                 settings.metrics_host,
                 settings.metrics_port,
-                "" if metrics.multiprocess_dir() else
-                " (PROMETHEUS_MULTIPROC_DIR unset: prefork children's samples are not merged)",
+                ""
+                if metrics.multiprocess_dir()
+                else " (PROMETHEUS_MULTIPROC_DIR unset: prefork children's samples are not merged)",
             )
         except OSError as exc:
             log.warning("metrics server not started on port %d: %s", settings.metrics_port, exc)

@@ -36,7 +36,9 @@ _WAIT_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.
 
 # API
 HTTP_REQUESTS = Counter(
-    f"{PREFIX}_http_requests", "HTTP requests by route template and status", ["method", "route", "status"]
+    f"{PREFIX}_http_requests",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
 )
 HTTP_LATENCY = Histogram(
     f"{PREFIX}_http_request_duration_seconds",
@@ -54,7 +56,9 @@ TASK_DURATION = Histogram(
     buckets=_TASK_BUCKETS,
 )
 RETRIES = Counter(
-    f"{PREFIX}_task_retries", "Retries scheduled, by reason and provider", ["task", "reason", "provider"]
+    f"{PREFIX}_task_retries",
+    "Retries scheduled, by reason and provider",
+    ["task", "reason", "provider"],
 )
 DEAD_LETTERS = Counter(
     f"{PREFIX}_dead_letters", "Batches dead-lettered after their last attempt", ["task", "provider"]
@@ -103,7 +107,7 @@ def exposition_registry(*extra: Collector) -> CollectorRegistry:
     if directory is not None:
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        MultiProcessCollector(registry, path=directory)
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     else:
         registry.register(REGISTRY)
     for collector in extra:

@@ -150,7 +150,9 @@ def publish_span(task_name: str, task_id: str) -> Iterator[dict[str, str]]:
         yield headers
 
 
-def replay_link(trace_id: str | None, span_id: str | None, dead_letter_id: str) -> trace.Link | None:
+def replay_link(
+    trace_id: str | None, span_id: str | None, dead_letter_id: str
+) -> trace.Link | None:
     """A link from a replay to the trace in which the batch was dead-lettered."""
     if not trace_id:
         return None

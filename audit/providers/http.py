@@ -153,9 +153,8 @@ def send(
         except httpx.TransportError as exc:
             _observe(provider, endpoint, "connection_error", started)
             span.set_status(Status(StatusCode.ERROR, "connection error"))
-            raise ProviderUnavailable(
-                provider, f"connection error ({type(exc).__name__})"
-            ) from exc
+            reason = f"connection error ({type(exc).__name__})"
+            raise ProviderUnavailable(provider, reason) from exc
         _observe(provider, endpoint, str(response.status_code), started)
         span.set_attribute("http.response.status_code", response.status_code)
         if response.status_code == 429 or response.status_code >= 500:
