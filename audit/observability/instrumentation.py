@@ -50,8 +50,12 @@ def instrument_fastapi(app: FastAPI, provider: TracerProvider, excluded_urls: st
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     if enabled("fastapi"):
+        # The per-message "http receive"/"http send" spans say nothing an operator needs.
         FastAPIInstrumentor.instrument_app(
-            app, tracer_provider=provider, excluded_urls=excluded_urls
+            app,
+            tracer_provider=provider,
+            excluded_urls=excluded_urls,
+            exclude_spans=["receive", "send"],
         )
 
 
