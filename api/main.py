@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api import telemetry
 from api.routes import batches, condominiums, dead_letters, findings, health
 from audit.settings import Settings, get_settings
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, condominiums, batches, findings, dead_letters):
         app.include_router(module.router)
+    telemetry.install(app, app.state.settings)
     return app
 
 

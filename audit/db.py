@@ -7,9 +7,10 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+import sqlalchemy
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -17,8 +18,10 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 def make_engine(database_url: str) -> Engine:
     """An engine tuned per backend: SQLite gets WAL and a busy timeout for many processes."""
+    # `sqlalchemy.create_engine` is looked up at call time, so that the SQLAlchemy
+    # instrumentation installed after import (tracing on) wraps the engines made here.
     if database_url.startswith("sqlite"):
-        engine = create_engine(
+        engine = sqlalchemy.create_engine(
             database_url, connect_args={"timeout": 30, "check_same_thread": False}
         )
 
@@ -31,7 +34,7 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return sqlalchemy.create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
 @lru_cache(maxsize=8)

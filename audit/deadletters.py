@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import BatchStatus
-from audit.models import Batch, DeadLetter
+from audit.models import AuditLogEntry, Batch, DeadLetter
+from audit.observability.tracing import replay_link, tracer
 
 
 class DeadLetterStatus:
@@ -59,6 +60,32 @@ class DeadLetterService:
         """Reset the batch for a fresh run; the caller commits, then enqueues the batch."""
         if letter.status != DeadLetterStatus.OPEN:
             return ReplayOutcome(letter, enqueue=False)
+        # The replay runs in the caller's (new) trace; a span link leads back to the trace
+        # in which the batch was dead-lettered.
+        link = replay_link(letter.trace_id, self._dead_letter_span_id(letter), letter.id)
+        with tracer.start_as_current_span(
+            "dead_letter.replay",
+            links=[link] if link is not None else None,
+            attributes={"dead_letter.id": letter.id, "batch.id": letter.batch_id},
+        ):
+            return self._replay(letter)
+
+    def _dead_letter_span_id(self, letter: DeadLetter) -> str | None:
+        entries = self.session.scalars(
+            select(AuditLogEntry)
+            .where(
+                AuditLogEntry.batch_id == letter.batch_id,
+                AuditLogEntry.event == AuditEvent.DEAD_LETTERED,
+            )
+            .order_by(AuditLogEntry.id.desc())
+        )
+        for entry in entries:
+            if entry.detail.get("dead_letter_id") == letter.id:
+                span_id = entry.detail.get("span_id")
+                return str(span_id) if span_id else None
+        return None
+
+    def _replay(self, letter: DeadLetter) -> ReplayOutcome:
         batch = self.session.get(Batch, letter.batch_id)
         assert batch is not None
         letter.status = DeadLetterStatus.REPLAYED

@@ -6,12 +6,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import BatchStatus
 from audit.models import AuditLogEntry, Batch, DeadLetter
+from audit.observability.tracing import current_span_id, tracer
 from audit.retry import RetryPolicy
 from audit.tracing_context import current_trace_id
 
@@ -84,8 +86,31 @@ def failed(
             reason=reason,
             countdown_seconds=round(countdown, 3),
         )
+        trace.get_current_span().add_event(
+            "batch.retry_scheduled",
+            {"retry.attempt": attempts, "retry.countdown_seconds": countdown, "provider": provider},
+        )
         return RetryDecision(attempts, countdown)
 
+    with tracer.start_as_current_span(
+        "batch.dead_letter",
+        attributes={"batch.id": batch_id, "batch.failed_attempts": attempts, "provider": provider},
+    ) as span:
+        decision = _dead_letter(session, batch, task_name, payload, provider, reason)
+        span.set_attribute("dead_letter.id", decision.dead_letter_id or "")
+    return decision
+
+
+def _dead_letter(
+    session: Session,
+    batch: Batch,
+    task_name: str,
+    payload: dict[str, Any],
+    provider: str,
+    reason: str,
+) -> RetryDecision:
+    batch_id, attempts = batch.id, batch.failed_attempts
+    audit_log = AuditLogService(session)
     first_failure = session.scalar(
         select(AuditLogEntry.created_at)
         .where(AuditLogEntry.batch_id == batch_id, AuditLogEntry.event == AuditEvent.RETRIED)
@@ -117,5 +142,6 @@ def failed(
         provider=provider,
         reason=reason,
         dead_letter_id=letter.id,
+        span_id=current_span_id(),  # with the entry's trace_id: where a replay links to
     )
     return RetryDecision(attempts, None, letter.id)

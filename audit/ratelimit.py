@@ -22,6 +22,8 @@ from typing import cast
 
 from redis import Redis
 
+from audit.observability import metrics
+from audit.observability.tracing import tracer
 from audit.providers.base import RateLimitWait
 
 # KEYS[1] the budget; ARGV[1] emission interval (us), ARGV[2] longest wait to reserve (us).
@@ -115,12 +117,23 @@ class RateLimiter:
 
         Returns the seconds slept. RateLimitWait is not a failure: the caller reschedules.
         """
-        reservation = self.reserve(key, rate_per_minute, max_wait)
-        if not reservation.granted:
-            raise RateLimitWait(provider, reservation.wait)
-        if reservation.wait > 0:
-            time.sleep(reservation.wait)
-        return reservation.wait
+        with tracer.start_as_current_span(
+            "ratelimit.wait",
+            attributes={"ratelimit.key": key, "ratelimit.provider": provider},
+            # Having to come back later is pacing, not an error.
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            reservation = self.reserve(key, rate_per_minute, max_wait)
+            span.set_attribute("ratelimit.granted", reservation.granted)
+            span.set_attribute("ratelimit.wait_seconds", reservation.wait)
+            if not reservation.granted:
+                metrics.RATELIMIT_DEFERRED.labels(key).inc()
+                raise RateLimitWait(provider, reservation.wait)
+            metrics.RATELIMIT_WAIT.labels(key).observe(reservation.wait)
+            if reservation.wait > 0:
+                time.sleep(reservation.wait)
+            return reservation.wait
 
     def penalize(self, key: str, seconds: float) -> None:
         """Hold every worker back from this budget for `seconds` (a provider's 429)."""

@@ -75,6 +75,19 @@ class Settings(BaseSettings):
     worker_heartbeat_file: str = "/tmp/condo-audit-worker-heartbeat"  # noqa: S108
     worker_heartbeat_seconds: float = 10.0
 
+    # Observability (tracing itself is configured by the standard OTEL_* variables)
+    log_format: str = Field(
+        default="text", pattern="^(text|json)$", description="json in production."
+    )
+    log_level: str = "INFO"
+    metrics_port: int = Field(
+        default=9100, ge=0, le=65535, description="Worker's Prometheus port; 0 turns it off."
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - scraped from other pods
+        description="Address the worker's metrics server binds.",
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:

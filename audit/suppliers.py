@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from audit.cnpj import InvalidCNPJ, normalize_cnpj
 from audit.models import SupplierRegistration
+from audit.observability import metrics
 from audit.providers.base import (
     CnpjLookup,
     ProviderRejected,
@@ -168,10 +169,12 @@ class SupplierDirectory:
         except InvalidCNPJ as exc:
             raise ProviderRejected("suppliers", f"invalid CNPJ: {exc}") from exc
         deadline = time.monotonic() + self.wait
+        known = self.cached([canonical]).get(canonical)
+        if known is not None:
+            metrics.SUPPLIER_CACHE.labels("hit").inc()
+            return known
+        metrics.SUPPLIER_CACHE.labels("miss").inc()
         while True:
-            known = self.cached([canonical]).get(canonical)
-            if known is not None:
-                return known
             token = secrets.token_hex(8)
             lock = self.prefix + canonical
             if self.redis.set(lock, token, nx=True, px=int(self.lock_ttl * 1000)):
@@ -195,6 +198,9 @@ class SupplierDirectory:
                 known = self.cached([canonical]).get(canonical)
                 if known is not None:
                     return known
+            known = self.cached([canonical]).get(canonical)
+            if known is not None:
+                return known
 
     def get_many(self, cnpjs: Iterable[str]) -> dict[str, Registration]:
         """Registrations for all of `cnpjs`: one query for the known ones, then lookups.
@@ -206,6 +212,8 @@ class SupplierDirectory:
         except InvalidCNPJ as exc:
             raise ProviderRejected("suppliers", f"invalid CNPJ: {exc}") from exc
         result = self.cached(canonical)
+        if result:
+            metrics.SUPPLIER_CACHE.labels("hit").inc(len(result))
         for cnpj in canonical:
             if cnpj not in result:
                 result[cnpj] = self.get(cnpj)

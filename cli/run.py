@@ -20,6 +20,7 @@ import httpx
 
 from audit.auth import create_tenant, issue_key
 from audit.db import session_scope, upgrade_database
+from audit.observability.tracing import tracing_requested
 from audit.settings import Settings
 from cli.main import CliError
 from cli.processes import (
@@ -76,9 +77,7 @@ def run_platform(args: argparse.Namespace) -> int:
             env.setdefault(name, os.environ.get(name, f"{simulator_url}/{path}"))
         # The simulator has no rate limit by default; CNPJ.ws' public 3/min would make the
         # sample wait minutes. Set CNPJWS_RATE_PER_MINUTE to override.
-        env.setdefault(
-            "CNPJWS_RATE_PER_MINUTE", os.environ.get("CNPJWS_RATE_PER_MINUTE", "600")
-        )
+        env.setdefault("CNPJWS_RATE_PER_MINUTE", os.environ.get("CNPJWS_RATE_PER_MINUTE", "600"))
         os.environ.update(env)
         settings = Settings()
         upgrade_database(settings.database_url)
@@ -88,12 +87,28 @@ def run_platform(args: argparse.Namespace) -> int:
         processes.append(start_api(args.api_port, env, log_dir))
         api_url = f"http://127.0.0.1:{args.api_port}"
         print(f"api        {api_url}  (docs at {api_url}/docs, metrics at {api_url}/metrics)")
+        metrics_port = int(os.environ.get("METRICS_PORT") or free_port())
+        # The pool children write their samples here; the worker's parent serves them merged.
+        metrics_dir = STATE_DIR / "prometheus-worker"
+        metrics_dir.mkdir(exist_ok=True)
+        worker_env = {
+            **env,
+            "METRICS_PORT": str(metrics_port),
+            "METRICS_HOST": os.environ.get("METRICS_HOST", "127.0.0.1"),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir.resolve()),
+        }
         processes.append(
             start_worker(
-                env, log_dir, concurrency=args.worker_concurrency, queue=settings.audit_queue
+                worker_env,
+                log_dir,
+                concurrency=args.worker_concurrency,
+                queue=settings.audit_queue,
             )
         )
         print(f"worker     celery, queue {settings.audit_queue!r}, logs in {log_dir}/")
+        worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        print(f"metrics    {worker_metrics} (worker), {api_url}/metrics (API)")
+        print(f"traces     {tracing_destination()}")
         if not args.no_sample:
             audit_sample(settings, api_url, simulator_url)
         if args.exit_after_sample:
@@ -106,6 +121,17 @@ def run_platform(args: argparse.Namespace) -> int:
     finally:
         for process in reversed(processes):
             process.stop()
+
+
+def tracing_destination() -> str:
+    """Where the API and the worker send spans: the OTEL_* variables pass through as set."""
+    if not tracing_requested():
+        return "off (set OTEL_EXPORTER_OTLP_ENDPOINT to send them to a collector)"
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "the OTEL_TRACES_EXPORTER's default"
+    )
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    return f"OTLP ({protocol}) to {endpoint}, services condo-audit-api and condo-audit-worker"
 
 
 def audit_sample(settings: Settings, api_url: str, simulator_url: str) -> None:

@@ -49,11 +49,13 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
+    from worker import telemetry
     from worker.heartbeat import HeartbeatFile
 
     app = Celery("condo_audit", include=["worker.tasks"])
     app.conf.update(celery_config(settings or get_settings()))
     app.steps["worker"].add(HeartbeatFile)
+    telemetry.install(app)
     return app
 
 

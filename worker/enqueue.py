@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from audit.observability.tracing import publish_span
 from worker.celery_app import PROCESS_BATCH_TASK, app
 
 # Fail fast when Redis is down: the caller answers 503 instead of hanging.
@@ -14,13 +15,15 @@ class EnqueueFailed(RuntimeError):
 
 def enqueue_batch(batch_id: str) -> None:
     try:
-        app.send_task(
-            PROCESS_BATCH_TASK,
-            args=[batch_id],
-            task_id=batch_id,
-            queue=app.conf.task_default_queue,
-            retry=True,
-            retry_policy=PUBLISH_RETRY_POLICY,
-        )
+        with publish_span(PROCESS_BATCH_TASK, batch_id) as trace_headers:
+            app.send_task(
+                PROCESS_BATCH_TASK,
+                args=[batch_id],
+                task_id=batch_id,
+                queue=app.conf.task_default_queue,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
+                headers=trace_headers,
+            )
     except Exception as exc:  # kombu raises several connection error types
         raise EnqueueFailed(f"could not reach the queue: {type(exc).__name__}") from exc

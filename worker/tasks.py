@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import Any, NoReturn
 
 from celery import Task
+from celery.exceptions import Retry
+from opentelemetry import trace
 
 from audit import lifecycle
+from audit.observability import metrics
+from audit.observability.tracing import attempt_scope
 from audit.providers.base import ProviderError, ProviderRateLimited, RateLimitWait
 from worker.celery_app import PROCESS_BATCH_TASK, app
 from worker.runtime import WorkerRuntime, runtime
@@ -20,20 +25,52 @@ class BatchDeadLettered(Exception):
     """Ends the Celery task as FAILURE once the batch is dead-lettered; never retried."""
 
 
+def retry_reason(error: ProviderError) -> str:
+    """A small, fixed set of values for the retries metric's `reason` label."""
+    if isinstance(error, ProviderRateLimited):
+        return "provider_429"
+    return type(error).__name__.removeprefix("Provider").lower() or "error"
+
+
 @app.task(name=PROCESS_BATCH_TASK, bind=True, max_retries=None)
 def process_batch_expenses(self: Task, batch_id: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    outcome = "failure"
+    try:
+        result, outcome = _process(self, batch_id)
+        return result
+    except Retry:
+        outcome = "retry"
+        raise
+    except BatchDeadLettered:
+        outcome = "dead_lettered"
+        raise
+    finally:
+        metrics.TASKS.labels(PROCESS_BATCH_TASK, outcome).inc()
+        metrics.TASK_DURATION.labels(PROCESS_BATCH_TASK, outcome).observe(
+            time.perf_counter() - started
+        )
+
+
+def _process(self: Task, batch_id: str) -> tuple[dict[str, Any], str]:
     rt = runtime()
+    span = trace.get_current_span()
+    span.set_attribute("batch.id", batch_id)
     with rt.sessions.begin() as session:
         batch = lifecycle.start(session, batch_id)
         if batch is None:
             log.info("batch %s is unknown or already finished; nothing to do", batch_id)
-            return {"batch_id": batch_id, "skipped": True}
+            return {"batch_id": batch_id, "skipped": True}, "skipped"
+        attempt = batch.failed_attempts + 1
+    span.set_attribute("retry.attempt", attempt)
     try:
-        summary = rt.auditor.run(batch_id)
+        with attempt_scope(attempt):
+            summary = rt.auditor.run(batch_id)
     except RateLimitWait as wait:
         # Waiting for budget is not a failure: reschedule without counting an attempt.
         with rt.sessions.begin() as session:
             lifecycle.rate_limited(session, batch_id, wait.provider, wait.wait_seconds)
+        metrics.RETRIES.labels(PROCESS_BATCH_TASK, "rate_limit_wait", wait.provider).inc()
         raise self.retry(countdown=wait.wait_seconds, max_retries=None) from None
     except ProviderRateLimited as limited:
         # A 429 says "later", not "broken": wait it out uncounted, up to a generous bound.
@@ -42,15 +79,16 @@ def process_batch_expenses(self: Task, batch_id: str) -> dict[str, Any]:
             waits = lifecycle.rate_limited(
                 session, batch_id, limited.provider, countdown, reason="provider 429"
             )
-        if waits <= rt.settings.max_rate_limited_waits:
-            raise self.retry(countdown=countdown, max_retries=None) from None
-        return handle_failure(self, rt, batch_id, limited)
+        if waits > rt.settings.max_rate_limited_waits:
+            fail_attempt(self, rt, batch_id, limited)
+        metrics.RETRIES.labels(PROCESS_BATCH_TASK, "provider_429", limited.provider).inc()
+        raise self.retry(countdown=countdown, max_retries=None) from None
     except ProviderError as error:
-        return handle_failure(self, rt, batch_id, error)
-    return {"batch_id": batch_id, **summary}
+        fail_attempt(self, rt, batch_id, error)
+    return {"batch_id": batch_id, **summary}, "success"
 
 
-def handle_failure(self: Task, rt: WorkerRuntime, batch_id: str, error: ProviderError) -> NoReturn:
+def fail_attempt(self: Task, rt: WorkerRuntime, batch_id: str, error: ProviderError) -> NoReturn:
     """Count a failed attempt: retry after the backoff, or dead-letter when they are spent."""
     with rt.sessions.begin() as session:
         decision = lifecycle.failed(
@@ -63,6 +101,7 @@ def handle_failure(self: Task, rt: WorkerRuntime, batch_id: str, error: Provider
             policy=rt.retry_policy,
         )
     if decision.countdown is None:
+        metrics.DEAD_LETTERS.labels(PROCESS_BATCH_TASK, error.provider).inc()
         log.error(
             "batch %s dead-lettered after %d attempts: %s",
             batch_id,
@@ -70,6 +109,7 @@ def handle_failure(self: Task, rt: WorkerRuntime, batch_id: str, error: Provider
             error,
         )
         raise BatchDeadLettered(str(error)) from None
+    metrics.RETRIES.labels(PROCESS_BATCH_TASK, retry_reason(error), error.provider).inc()
     log.warning(
         "batch %s attempt %d failed (%s); retrying in %.1fs",
         batch_id,

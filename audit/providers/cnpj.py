@@ -117,6 +117,7 @@ class CnpjWsLookup:
             self.budget,
             "GET",
             f"{self.base_url}/cnpj/{canonical}",
+            endpoint="/cnpj/{cnpj}",
             headers=headers,
         )
         missing = _check_found(self.name, canonical, response)
@@ -157,7 +158,14 @@ class MinhaReceitaLookup:
 
     def lookup(self, cnpj: str) -> Registration:
         canonical = _canonical(self.name, cnpj)
-        response = send(self.http, self.name, self.budget, "GET", f"{self.base_url}/{canonical}")
+        response = send(
+            self.http,
+            self.name,
+            self.budget,
+            "GET",
+            f"{self.base_url}/{canonical}",
+            endpoint="/{cnpj}",
+        )
         missing = _check_found(self.name, canonical, response)
         if missing is not None:
             return missing

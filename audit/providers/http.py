@@ -12,7 +12,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from audit.observability import metrics
+from audit.observability.tracing import current_attempt, tracer
 from audit.providers.base import ProviderRateLimited, ProviderUnavailable
 from audit.ratelimit import RateLimiter
 
@@ -116,18 +119,56 @@ def send(
     budget: Budget,
     method: str,
     url: str,
+    *,
+    endpoint: str = "other",
     **kwargs: Any,
 ) -> httpx.Response:
     """One request in its turn. Returns any answer below 500 except 429, which it turns
     into ProviderRateLimited after pushing the fleet back; 5xx and transport errors become
-    ProviderUnavailable. RateLimitWait propagates when the turn is too far away."""
-    budget.take(provider)
-    try:
-        response = http.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise ProviderUnavailable(provider, f"timeout ({type(exc).__name__})") from exc
-    except httpx.TransportError as exc:
-        raise ProviderUnavailable(provider, f"connection error ({type(exc).__name__})") from exc
+    ProviderUnavailable. RateLimitWait propagates when the turn is too far away.
+
+    `endpoint` is the path template ("/cnpj/{cnpj}"), the label of the call's metrics."""
+    attributes: dict[str, str | int] = {
+        "provider.name": provider,
+        "provider.endpoint": endpoint,
+        "http.request.method": method,
+    }
+    attempt = current_attempt()
+    if attempt is not None:
+        attributes["retry.attempt"] = attempt
+    with tracer.start_as_current_span(
+        f"{provider} {method} {endpoint}",
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        # A RateLimitWait from the budget is pacing; failures set the status themselves.
+        set_status_on_exception=False,
+    ) as span:
+        budget.take(provider)
+        started = time.perf_counter()
+        try:
+            response = http.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            _observe(provider, endpoint, "timeout", started)
+            span.set_status(Status(StatusCode.ERROR, "timeout"))
+            raise ProviderUnavailable(provider, f"timeout ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            _observe(provider, endpoint, "connection_error", started)
+            span.set_status(Status(StatusCode.ERROR, "connection error"))
+            reason = f"connection error ({type(exc).__name__})"
+            raise ProviderUnavailable(provider, reason) from exc
+        _observe(provider, endpoint, str(response.status_code), started)
+        span.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code == 429 or response.status_code >= 500:
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status_code}"))
+    return _checked(provider, budget, response)
+
+
+def _observe(provider: str, endpoint: str, status: str, started: float) -> None:
+    metrics.PROVIDER_REQUESTS.labels(provider, endpoint, status).inc()
+    metrics.PROVIDER_LATENCY.labels(provider, endpoint).observe(time.perf_counter() - started)
+
+
+def _checked(provider: str, budget: Budget, response: httpx.Response) -> httpx.Response:
     if response.status_code == 429:
         wait = parse_retry_after(response.headers.get("retry-after"))
         if wait is None:

@@ -114,6 +114,7 @@ class PluggyTransactions:
             self.auth_budget,
             "POST",
             f"{self.base_url}/auth",
+            endpoint="/auth",
             json={"clientId": self.client_id, "clientSecret": self.client_secret},
         )
         if response.status_code in (400, 401, 403):
@@ -141,6 +142,7 @@ class PluggyTransactions:
                 self.transactions_budget,
                 "GET",
                 f"{self.base_url}/transactions",
+                endpoint="/transactions",
                 params={
                     "accountId": account_id,
                     "from": start.isoformat(),

@@ -1,0 +1,274 @@
+"""The platform's Prometheus metrics, and the autoscaling signal computed on scrape.
+
+Counters and histograms are recorded where things happen (API middleware, task, provider
+calls, limiter, supplier cache). A prefork worker's children record into
+prometheus_client's multiprocess files when PROMETHEUS_MULTIPROC_DIR is set (one
+directory per worker pod); the worker's parent serves them all on METRICS_PORT.
+
+The queue gauges are not recorded by anyone: `SignalCollector` reads Redis (and the open
+dead letters from the database) at scrape time, the same keys KEDA reads, so the numbers
+an operator sees are the numbers the autoscaler acts on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "condo_audit"
+WORKERS_KEY = "condo-audit:workers"  # sorted set: worker hostname -> last heartbeat (unix s)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+_WAIT_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+# API
+HTTP_REQUESTS = Counter(
+    f"{PREFIX}_http_requests",
+    "HTTP requests by route template and status",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    f"{PREFIX}_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+# Worker
+TASKS = Counter(f"{PREFIX}_tasks", "Task runs by task name and outcome", ["task", "outcome"])
+TASK_DURATION = Histogram(
+    f"{PREFIX}_task_duration_seconds",
+    "Task run duration by task name and outcome",
+    ["task", "outcome"],
+    buckets=_TASK_BUCKETS,
+)
+RETRIES = Counter(
+    f"{PREFIX}_task_retries",
+    "Retries scheduled, by reason and provider",
+    ["task", "reason", "provider"],
+)
+DEAD_LETTERS = Counter(
+    f"{PREFIX}_dead_letters", "Batches dead-lettered after their last attempt", ["task", "provider"]
+)
+PROVIDER_REQUESTS = Counter(
+    f"{PREFIX}_provider_requests",
+    "Provider HTTP calls by provider, endpoint and status (code, timeout or connection_error)",
+    ["provider", "endpoint", "status"],
+)
+PROVIDER_LATENCY = Histogram(
+    f"{PREFIX}_provider_request_duration_seconds",
+    "Provider HTTP call latency",
+    ["provider", "endpoint"],
+    buckets=_LATENCY_BUCKETS,
+)
+RATELIMIT_WAIT = Histogram(
+    f"{PREFIX}_ratelimit_wait_seconds",
+    "Time a granted request waited for its slot in the fleet-wide budget",
+    ["budget"],
+    buckets=_WAIT_BUCKETS,
+)
+RATELIMIT_DEFERRED = Counter(
+    f"{PREFIX}_ratelimit_deferred",
+    "Requests whose slot was too far away: the task was rescheduled instead",
+    ["budget"],
+)
+SUPPLIER_CACHE = Counter(
+    f"{PREFIX}_supplier_cache_lookups",
+    "Supplier registrations served from the database cache (hit) or fetched (miss)",
+    ["result"],
+)
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's own variable: set, every process writes its samples there."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def exposition_registry(*extra: Collector) -> CollectorRegistry:
+    """What a /metrics endpoint serves: this process's metrics (or, in multiprocess mode,
+    the merged files of every process), plus `extra` collectors."""
+    from prometheus_client import REGISTRY
+
+    registry = CollectorRegistry(auto_describe=False)
+    directory = multiprocess_dir()
+    if directory is not None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(REGISTRY)
+    for collector in extra:
+        registry.register(collector)
+    return registry
+
+
+def clean_multiprocess_dir(keep_pid: int) -> None:
+    """Drop the sample files a previous run of this worker left behind (not this pid's)."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        if name.endswith(".db") and not name.endswith(f"_{keep_pid}.db"):
+            os.remove(os.path.join(directory, name))
+
+
+def _eta(raw: bytes | str) -> dt.datetime | None:
+    """The `eta` header of a message in kombu's `unacked` hash ([message, exchange, key])."""
+    try:
+        message = json.loads(raw)[0]
+        eta = message.get("headers", {}).get("eta")
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return None
+    if not eta:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+class SignalCollector(Collector):
+    """The autoscaling signal and fleet state, read at scrape time.
+
+    queued: LLEN of the queue list; in_flight and scheduled: the entries of kombu's
+    `unacked` hash, split on whether the message's eta (a retry's countdown) is still in
+    the future; outstanding: LLEN + HLEN, exactly what the KEDA triggers add up.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        queue: str,
+        *,
+        budgets: dict[str, float | None] | None = None,
+        open_dead_letters: Callable[[], int] | None = None,
+        worker_ttl_seconds: float = 30.0,
+        unacked_key: str = "unacked",
+        ratelimit_prefix: str = "ratelimit:",
+    ) -> None:
+        self.redis = redis
+        self.queue = queue
+        self.budgets = budgets or {}
+        self.open_dead_letters = open_dead_letters
+        self.worker_ttl_seconds = worker_ttl_seconds
+        self.unacked_key = unacked_key
+        self.ratelimit_prefix = ratelimit_prefix
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily(
+            f"{PREFIX}_signal_up", "Whether the scrape-time signal could be read", labels=["source"]
+        )
+        try:
+            yield from self._queue_and_workers()
+            up.add_metric(["redis"], 1)
+        except RedisError as exc:
+            log.warning("metrics: cannot read Redis for the queue signal: %s", exc)
+            up.add_metric(["redis"], 0)
+        if self.open_dead_letters is not None:
+            try:
+                letters = GaugeMetricFamily(
+                    f"{PREFIX}_dead_letters_open", "Dead letters waiting for replay or discard"
+                )
+                letters.add_metric([], self.open_dead_letters())
+                yield letters
+                up.add_metric(["database"], 1)
+            except Exception as exc:  # any driver error: the scrape must still answer
+                log.warning("metrics: cannot count dead letters: %s", exc)
+                up.add_metric(["database"], 0)
+        yield up
+
+    def _queue_and_workers(self) -> Iterator[GaugeMetricFamily]:
+        # Redis' clock, like the limiter's: the hosts' clocks never matter.
+        seconds, micros = self.redis.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(self.queue)
+        pipe.hvals(self.unacked_key)
+        pipe.zcount(WORKERS_KEY, seconds - self.worker_ttl_seconds, "+inf")
+        budget_names = sorted(self.budgets)
+        for name in budget_names:
+            pipe.get(self.ratelimit_prefix + name)
+        queued, unacked, workers, *tats = pipe.execute()
+        now = dt.datetime.fromtimestamp(seconds + micros / 1e6, dt.UTC)
+        scheduled = 0
+        for raw in unacked:
+            eta = _eta(raw)
+            if eta is not None and eta > now:
+                scheduled += 1
+        in_flight = len(unacked) - scheduled
+
+        parts = GaugeMetricFamily(
+            f"{PREFIX}_queue_messages",
+            "Outstanding work by state: queued (in the list), in_flight (reserved by a "
+            "worker), scheduled (a retry waiting for its eta)",
+            labels=["queue", "state"],
+        )
+        parts.add_metric([self.queue, "queued"], queued)
+        parts.add_metric([self.queue, "in_flight"], in_flight)
+        parts.add_metric([self.queue, "scheduled"], scheduled)
+        yield parts
+        outstanding = GaugeMetricFamily(
+            f"{PREFIX}_queue_outstanding",
+            "LLEN(queue) + HLEN(unacked): the sum KEDA scales the workers on",
+            labels=["queue"],
+        )
+        outstanding.add_metric([self.queue], queued + len(unacked))
+        yield outstanding
+
+        live = GaugeMetricFamily(
+            f"{PREFIX}_workers", "Workers whose heartbeat reached Redis recently"
+        )
+        live.add_metric([], workers)
+        yield live
+
+        if budget_names:
+            now_us = seconds * 1_000_000 + micros
+            rate = GaugeMetricFamily(
+                f"{PREFIX}_ratelimit_budget_per_minute",
+                "Configured fleet-wide budget, requests per minute",
+                labels=["budget"],
+            )
+            backlog = GaugeMetricFamily(
+                f"{PREFIX}_ratelimit_backlog_seconds",
+                "How far ahead the budget's next free slot is (0: free now)",
+                labels=["budget"],
+            )
+            for name, tat in zip(budget_names, tats, strict=True):
+                per_minute = self.budgets[name]
+                if per_minute is not None:
+                    rate.add_metric([name], per_minute)
+                ahead = max(0.0, (int(tat) - now_us) / 1e6) if tat is not None else 0.0
+                backlog.add_metric([name], ahead)
+            yield rate
+            yield backlog
+
+
+def heartbeat(redis: Redis, hostname: str, ttl_seconds: float) -> None:
+    """Record a live worker for the `workers` gauge; forget ones silent for 10 x ttl."""
+    seconds, _ = redis.time()
+    now = float(seconds)
+    pipe = redis.pipeline(transaction=False)
+    pipe.zadd(WORKERS_KEY, {hostname: now})
+    pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 10 * ttl_seconds)
+    pipe.execute()
+
+
+def forget_worker(redis: Redis, hostname: str) -> None:
+    redis.zrem(WORKERS_KEY, hostname)
