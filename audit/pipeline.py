@@ -27,9 +27,11 @@ HISTORY_DAYS = 365
 
 
 class SupplierSource(Protocol):
-    def cached(self, cnpjs: Iterable[str]) -> dict[str, Registration]: ...
-
-    def get(self, cnpj: str) -> Registration: ...
+    def get_many(
+        self,
+        cnpjs: Iterable[str],
+        on_lookup: Callable[[dict[str, Registration]], None] | None = None,
+    ) -> dict[str, Registration]: ...
 
 
 @dataclass
@@ -91,21 +93,18 @@ class BatchAuditor:
         self, batch_id: str, expenses: list[ExpenseFacts]
     ) -> dict[str, Registration]:
         """Look every supplier up once, reporting progress as expenses become resolvable."""
-        by_cnpj: dict[str, int] = {}
+        per_supplier: dict[str, int] = {}
         for expense in expenses:
-            by_cnpj[expense.supplier_cnpj] = by_cnpj.get(expense.supplier_cnpj, 0) + 1
-        registrations = self.suppliers.cached(by_cnpj)
-        done = sum(by_cnpj[cnpj] for cnpj in registrations)
+            per_supplier[expense.supplier_cnpj] = per_supplier.get(expense.supplier_cnpj, 0) + 1
         last_report = self.clock()
-        for cnpj, count in by_cnpj.items():
-            if cnpj in registrations:
-                continue
-            registrations[cnpj] = self.suppliers.get(cnpj)
-            done += count
+
+        def report(resolved: dict[str, Registration]) -> None:
+            nonlocal last_report
             if self.clock() - last_report >= self.progress_interval_seconds:
-                self._report_progress(batch_id, done)
+                self._report_progress(batch_id, sum(per_supplier[c] for c in resolved))
                 last_report = self.clock()
-        return registrations
+
+        return self.suppliers.get_many(per_supplier, on_lookup=report)
 
     def _report_progress(self, batch_id: str, done: int) -> None:
         with self.sessions.begin() as session:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis import Redis
@@ -202,8 +202,13 @@ class SupplierDirectory:
             if known is not None:
                 return known
 
-    def get_many(self, cnpjs: Iterable[str]) -> dict[str, Registration]:
-        """Registrations for all of `cnpjs`: one query for the known ones, then lookups.
+    def get_many(
+        self,
+        cnpjs: Iterable[str],
+        on_lookup: Callable[[dict[str, Registration]], None] | None = None,
+    ) -> dict[str, Registration]:
+        """Registrations for all of `cnpjs`: one query for the known ones, then lookups,
+        calling `on_lookup` with what is resolved so far after each one (for progress).
 
         If a lookup raises, the ones fetched before are already stored: a retry resumes.
         """
@@ -217,4 +222,6 @@ class SupplierDirectory:
         for cnpj in canonical:
             if cnpj not in result:
                 result[cnpj] = self.get(cnpj)
+                if on_lookup is not None:
+                    on_lookup(result)
         return result

@@ -103,6 +103,17 @@ def finish(platform: Platform, task_id: str) -> dict[str, Any]:
     return platform.wait_for_status(task_id, {"SUCCESS", "FAILURE"}, timeout=90)
 
 
+def wait_for_event(platform: Platform, task_id: str, event: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with platform.client() as client:
+        while time.monotonic() < deadline:
+            log = client.get(f"/batches/{task_id}/audit-log").json()
+            if any(entry["event"] == event for entry in log):
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"no {event} in the audit log of {task_id}")
+
+
 def run_every_path(platform: Platform) -> None:
     """Batches that take every path a metric counts: retry, cache hit, bank account, 429
     and a rescheduled limiter wait, dead letter."""
@@ -113,15 +124,19 @@ def run_every_path(platform: Platform) -> None:
     configure(platform, cnpjws={"fail_next": 1, "fail_status": 503})
     assert finish(platform, submit(platform, condominium, shared))["status"] == "SUCCESS"
     assert finish(platform, submit(platform, condominium, shared))["status"] == "SUCCESS"
-    # A 429 pushes the fleet's budget back by its Retry-After: the retry finds its
-    # slot too far away (more than RATE_LIMIT_MAX_WAIT_SECONDS) and is rescheduled.
+    # A 429 pushes the fleet's budget back by its Retry-After, and its batch waits that out.
+    # A batch arriving meanwhile finds its slot too far away (more than
+    # RATE_LIMIT_MAX_WAIT_SECONDS) and is rescheduled by the limiter.
     configure(
         platform,
-        cnpjws={"fail_next": 1, "fail_status": 429, "retry_after": True, "retry_after_seconds": 2},
+        cnpjws={"fail_next": 1, "fail_status": 429, "retry_after": True, "retry_after_seconds": 4},
     )
     try:
         limited = submit(platform, condominium, make_cnpj(f"metrics-429-{uuid.uuid4()}"))
+        wait_for_event(platform, limited, "rate_limited")
+        deferred = submit(platform, condominium, make_cnpj(f"metrics-deferred-{uuid.uuid4()}"))
         assert finish(platform, limited)["status"] == "SUCCESS"
+        assert finish(platform, deferred)["status"] == "SUCCESS"
     finally:
         configure(platform, cnpjws={"retry_after": False, "retry_after_seconds": None})
     # An outage: both attempts fail, the batch is dead-lettered.
@@ -171,8 +186,8 @@ def test_every_metric_is_exported_with_its_labels_after_a_run(metered: Platform)
 
     api = api_samples(metered)
     post = {"method": "POST", "route": "/batch-expenses"}
-    assert value(api, "condo_audit_http_requests_total", status="202", **post) == 4
-    assert value(api, "condo_audit_http_request_duration_seconds_count", **post) == 4
+    assert value(api, "condo_audit_http_requests_total", status="202", **post) == 5
+    assert value(api, "condo_audit_http_request_duration_seconds_count", **post) == 5
     # Path parameters are reported by their template, never by value.
     assert value(
         api, "condo_audit_http_requests_total", method="GET", route="/tasks/{task_id}", status="200"
