@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from importlib import import_module
 
 # Modules that expose `register(subparsers)`; each adds its own sub-commands.
-COMMAND_MODULES = ("cli.db", "cli.keys", "cli.run")
+COMMAND_MODULES = ("cli.db", "cli.keys", "cli.run", "cli.dlq")
 
 
 class CliError(Exception):
