@@ -32,7 +32,11 @@ TERMINAL = {"SUCCESS", "FAILURE"}
 KINDS: dict[str, dict[str, Any]] = {
     "active": active_registration(),
     "absent": {"found": False},
-    "closed": {**active_registration("Fechada Ltda"), "status": "BAIXADA", "status_date": "2021-05-04"},
+    "closed": {
+        **active_registration("Fechada Ltda"),
+        "status": "BAIXADA",
+        "status_date": "2021-05-04",
+    },
     "fresh": active_registration("Nova Ltda", opened_on="2026-09-20"),
     "odd_cnae": active_registration("Mercado Ltda", cnae="4711302"),
 }
@@ -130,9 +134,7 @@ class Workload:
         ids = self.task_ids()
         with session_scope(self.platform.database_url) as session:
             rows = session.execute(
-                select(Batch.expenses_total).where(
-                    Batch.id.in_(ids), Batch.status.not_in(TERMINAL)
-                )
+                select(Batch.expenses_total).where(Batch.id.in_(ids), Batch.status.not_in(TERMINAL))
             ).all()
         return len(rows), sum(r[0] for r in rows)
 

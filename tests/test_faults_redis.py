@@ -93,7 +93,8 @@ def test_redis_restart_mid_run_loses_nothing_and_the_api_says_503(
         assert outcome.problems == []
         assert outcome.success == outcome.batches
         worker = platform.processes["w1"]
-        assert worker.alive() and worker.pid == worker_pid, "the worker had to be restarted"
+        assert worker.pid == worker_pid, "the worker had to be restarted"
+        assert worker.alive()
     finally:
         for process in platform.processes.values():
             process.kill()

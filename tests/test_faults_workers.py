@@ -80,7 +80,9 @@ def test_workers_killed_with_sigkill_at_random_moments_lose_nothing(
     work.wait_all_terminal(240)
     verify(work, expected, outcome)
     for kill in kills:
-        print(f"  killed {kill[0]} ({kill[1]}) with {kill[2]} batches / {kill[3]} expenses in flight")
+        print(
+            f"  killed {kill[0]} ({kill[1]}) with {kill[2]} batches / {kill[3]} expenses in flight"
+        )
     outcome.publish()
     assert outcome.problems == []
     assert outcome.success == outcome.batches  # no provider fault: everything succeeds
@@ -111,9 +113,7 @@ def test_sigterm_during_long_tasks_finishes_them_or_they_come_back(
     worker.signal(signal.SIGTERM)
     worker.popen.wait(30)
     assert "warm shutdown" in worker.log_tail(200).lower()
-    finished_by_first = [
-        task_id for task_id in running if status_of(work, task_id) == "SUCCESS"
-    ]
+    finished_by_first = [task_id for task_id in running if status_of(work, task_id) == "SUCCESS"]
     assert finished_by_first == running, "warm shutdown did not finish its running tasks"
 
     platform.start_worker("w2", concurrency=2)
@@ -134,10 +134,13 @@ def test_sigterm_during_long_tasks_finishes_them_or_they_come_back(
     verify(cold, expected, cold_outcome)
     outcome.publish()
     cold_outcome.publish()
-    assert outcome.problems == [] and cold_outcome.problems == []
+    assert outcome.problems == []
+    assert cold_outcome.problems == []
     assert outcome.success == outcome.batches
     assert cold_outcome.success == cold_outcome.batches
-    restarted = [s.task_id for s in cold.submitted if events_of(cold, s.task_id).count("started") > 1]
+    restarted = [
+        s.task_id for s in cold.submitted if events_of(cold, s.task_id).count("started") > 1
+    ]
     assert restarted, "no task was interrupted by the SIGKILL; the test proved nothing"
 
 
