@@ -4,8 +4,8 @@ per-tenant request rate limit (429 with Retry-After)."""
 from __future__ import annotations
 
 import ast
-import contextlib
 import base64
+import contextlib
 import json
 import re
 import secrets
