@@ -20,6 +20,19 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
 
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such record for this tenant (another tenant's is 404 too)"}
+}
+
+# What any authenticated route may answer besides its own codes (documented in OpenAPI).
+AUTHENTICATED_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The body is not parseable JSON"},
+    401: {"description": "Missing, invalid or revoked X-API-Key"},
+    413: {"description": "Request body larger than MAX_REQUEST_BYTES"},
+    429: {"description": "Over the tenant's request rate; see Retry-After"},
+    503: {"description": "The database or the queue is unavailable; see Retry-After"},
+}
+
 
 def unavailable(what: str) -> JSONResponse:
     return JSONResponse(

@@ -27,9 +27,7 @@ KEY_PREFIX = "api-tenant:"
 def _limiter(request: Request, settings: Settings) -> RateLimiter:
     limiter: RateLimiter | None = getattr(request.app.state, "api_limiter", None)
     if limiter is None:
-        client = Redis.from_url(
-            settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
+        client = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         limiter = RateLimiter(client, prefix="ratelimit:", headroom=0.0)
         request.app.state.api_limiter = limiter
     return limiter
@@ -51,7 +49,6 @@ def enforce(request: Request, settings: Settings, tenant_id: str) -> None:
         retry_after = max(1, math.ceil(reservation.wait - burst_seconds))
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            f"too many requests: this tenant may send {rate:g} a minute; "
-            f"retry in {retry_after} s",
+            f"too many requests: this tenant may send {rate:g} a minute; retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )

@@ -19,6 +19,14 @@ _UNSAFE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069\ufeff]"
 )
 
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC, so say so (RFC 3339)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+UtcDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
+
 CNPJField = Annotated[str, Field(min_length=14, max_length=18), AfterValidator(pydantic_cnpj)]
 
 
@@ -104,9 +112,9 @@ class TaskStatus(BaseModel):
     summary: dict[str, Any] | None
     error: str | None
     trace_id: str | None
-    submitted_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    submitted_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
 
 class FindingOut(BaseModel):
@@ -137,7 +145,7 @@ class AuditLogEntryOut(BaseModel):
     attempt: int | None
     detail: dict[str, Any]
     trace_id: str | None
-    created_at: dt.datetime
+    created_at: UtcDateTime
 
 
 class CondominiumIn(StrictModel):
@@ -178,11 +186,11 @@ class DeadLetterOut(BaseModel):
     attempts: int
     status: str
     trace_id: str | None
-    first_failed_at: dt.datetime | None
-    dead_lettered_at: dt.datetime
-    replayed_at: dt.datetime | None
+    first_failed_at: UtcDateTime | None
+    dead_lettered_at: UtcDateTime
+    replayed_at: UtcDateTime | None
     replay_count: int
-    discarded_at: dt.datetime | None
+    discarded_at: UtcDateTime | None
 
 
 class ReplayOut(BaseModel):

@@ -7,11 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from api.deps import SessionDep, TenantDep, not_found
+from api.errors import AUTHENTICATED_ERRORS
 from api.schemas import DeadLetterOut, ErrorOut, ReplayAllOut, ReplayOut
 from audit.deadletters import DeadLetterService
 from worker.enqueue import EnqueueFailed, enqueue_batch
 
-router = APIRouter(prefix="/dead-letters", tags=["dead-letters"])
+router = APIRouter(prefix="/dead-letters", tags=["dead-letters"], responses=AUTHENTICATED_ERRORS)
 
 QUEUE_DOWN: dict[str, Any] = {
     "model": ErrorOut,
