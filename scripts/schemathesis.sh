@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-.venv/bin/python}"
-SCHEMATHESIS="${SCHEMATHESIS:-$(dirname "$PYTHON")/schemathesis}"
+SCHEMATHESIS="${SCHEMATHESIS:-$(cd "$(dirname "$PYTHON")" && pwd)/schemathesis}"
 MAX_EXAMPLES="${MAX_EXAMPLES:-100}"
 SEED="${SEED:-20261128}"
 WORK="$(mktemp -d)"
@@ -52,7 +52,8 @@ for _ in $(seq 1 100); do
 done
 
 status=0
-"$SCHEMATHESIS" --config-file "$WORK/schemathesis.toml" run "http://127.0.0.1:$API_PORT/openapi.json" \
+# Run from the scratch directory: schemathesis keeps a cache in its working directory.
+(cd "$WORK" && "$SCHEMATHESIS" --config-file "$WORK/schemathesis.toml" run "http://127.0.0.1:$API_PORT/openapi.json" \
   --header "X-API-Key: $API_KEY" \
   --checks not_a_server_error,response_schema_conformance,status_code_conformance \
   --max-examples "$MAX_EXAMPLES" \
@@ -61,7 +62,7 @@ status=0
   --generation-database none \
   --request-timeout 10 \
   --workers 2 \
-  --no-color || status=$?
+  --no-color) || status=$?
 if [ "$status" -ne 0 ]; then
   echo "== API log"
   tail -n 80 "$WORK/api.log"
