@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy.orm import Session
 
+from api import ratelimit
 from audit.auth import tenant_for_key
 from audit.db import session_scope
 from audit.settings import Settings
@@ -27,7 +28,9 @@ def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterato
 
 
 def current_tenant(
-    session: Annotated[Session, Depends(get_session)],
+    request: Request,
+    session: Annotated[Session, Depends(get_session, scope="function")],
+    settings: Annotated[Settings, Depends(get_settings)],
     api_key: Annotated[str | None, Security(api_key_header)],
 ) -> str:
     if not api_key:
@@ -43,10 +46,13 @@ def current_tenant(
             "invalid or revoked API key",
             headers={"WWW-Authenticate": "ApiKey"},
         )
+    ratelimit.enforce(request, settings, tenant_id)
     return tenant_id
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response is sent, so a failed commit is the client's
+# error (503), never a 2xx for a write that did not happen.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 TenantDep = Annotated[str, Depends(current_tenant)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from api import telemetry
+from api.errors import register_error_handlers
+from api.middleware import BodySizeLimit
 from api.routes import batches, condominiums, dead_letters, findings, health
 from audit.settings import Settings, get_settings
 
@@ -17,16 +18,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Audits condominium expenses: submit a batch, follow its task, read findings.",
     )
     app.state.settings = settings or get_settings()
-    max_bytes = app.state.settings.max_request_bytes
-
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_bytes):
-            return JSONResponse(
-                {"detail": f"request body larger than {max_bytes} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_request_bytes)
+    register_error_handlers(app)
 
     for module in (health, condominiums, batches, findings, dead_letters):
         app.include_router(module.router)

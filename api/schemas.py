@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -12,14 +13,26 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from audit.cnpj import pydantic_cnpj
 
 MIN_DATE = dt.date(2000, 1, 1)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 and C1 controls but tab and newline; lone surrogates (not encodable, break UTF-8 storage);
+# bidirectional overrides and isolates, which can make a text display as something else.
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC, so say so (RFC 3339)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+UtcDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 CNPJField = Annotated[str, Field(min_length=14, max_length=18), AfterValidator(pydantic_cnpj)]
 
 
 def clean_text(value: str) -> str:
-    """Drop control characters (keeping tab and newline) and surrounding blanks."""
-    return _CONTROL.sub("", value).strip()
+    """NFC, without unsafe characters (see _UNSAFE) and surrounding blanks."""
+    return unicodedata.normalize("NFC", _UNSAFE.sub("", value)).strip()
 
 
 class StrictModel(BaseModel):
@@ -43,6 +56,16 @@ class ExpenseIn(StrictModel):
             raise ValueError("description must contain visible characters")
         return cleaned
 
+    @field_validator("invoice_number")
+    @classmethod
+    def _clean_invoice(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        cleaned = clean_text(value)
+        if not cleaned:
+            raise ValueError("invoice_number must contain visible characters")
+        return cleaned
+
     @field_validator("date")
     @classmethod
     def _date_in_range(cls, value: dt.date) -> dt.date:
@@ -53,7 +76,7 @@ class ExpenseIn(StrictModel):
 
 
 class BatchIn(StrictModel):
-    condominium_id: str = Field(min_length=1, max_length=36)
+    condominium_id: str = Field(min_length=1, max_length=36, pattern=r"^[\w\-]+$")
     expenses: list[ExpenseIn] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -89,9 +112,9 @@ class TaskStatus(BaseModel):
     summary: dict[str, Any] | None
     error: str | None
     trace_id: str | None
-    submitted_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    submitted_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
 
 
 class FindingOut(BaseModel):
@@ -122,13 +145,15 @@ class AuditLogEntryOut(BaseModel):
     attempt: int | None
     detail: dict[str, Any]
     trace_id: str | None
-    created_at: dt.datetime
+    created_at: UtcDateTime
 
 
 class CondominiumIn(StrictModel):
     name: str = Field(min_length=1, max_length=200)
     cnpj: CNPJField | None = None
-    pluggy_account_id: str | None = Field(default=None, min_length=1, max_length=100)
+    pluggy_account_id: str | None = Field(
+        default=None, min_length=1, max_length=100, pattern=r"^[\w.:\-]+$"
+    )
 
     @field_validator("name")
     @classmethod
@@ -161,11 +186,11 @@ class DeadLetterOut(BaseModel):
     attempts: int
     status: str
     trace_id: str | None
-    first_failed_at: dt.datetime | None
-    dead_lettered_at: dt.datetime
-    replayed_at: dt.datetime | None
+    first_failed_at: UtcDateTime | None
+    dead_lettered_at: UtcDateTime
+    replayed_at: UtcDateTime | None
     replay_count: int
-    discarded_at: dt.datetime | None
+    discarded_at: UtcDateTime | None
 
 
 class ReplayOut(BaseModel):
@@ -173,6 +198,13 @@ class ReplayOut(BaseModel):
     task_id: str
     enqueued: bool
     status_url: str
+
+
+class ReplayAllOut(BaseModel):
+    provider: str
+    replayed: int
+    task_ids: list[str]
+    status_urls: list[str]
 
 
 class ErrorOut(BaseModel):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from audit.auditlog import AuditEvent, AuditLogService
@@ -57,8 +58,23 @@ class DeadLetterService:
         return list(self.session.scalars(query.offset(offset).limit(limit)))
 
     def replay(self, letter: DeadLetter) -> ReplayOutcome:
-        """Reset the batch for a fresh run; the caller commits, then enqueues the batch."""
-        if letter.status != DeadLetterStatus.OPEN:
+        """Reset the batch for a fresh run; the caller commits, then enqueues the batch.
+
+        The OPEN -> REPLAYED step is one conditional UPDATE, so of two concurrent replays of
+        the same letter only one enqueues: a replay is idempotent even under a race.
+        """
+        claimed = self.session.execute(
+            update(DeadLetter)
+            .where(DeadLetter.id == letter.id, DeadLetter.status == DeadLetterStatus.OPEN)
+            .values(
+                status=DeadLetterStatus.REPLAYED,
+                replayed_at=dt.datetime.now(dt.UTC),
+                replay_count=DeadLetter.replay_count + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        self.session.refresh(letter)
+        if getattr(claimed, "rowcount", 0) != 1:
             return ReplayOutcome(letter, enqueue=False)
         # The replay runs in the caller's (new) trace; a span link leads back to the trace
         # in which the batch was dead-lettered.
@@ -88,9 +104,6 @@ class DeadLetterService:
     def _replay(self, letter: DeadLetter) -> ReplayOutcome:
         batch = self.session.get(Batch, letter.batch_id)
         assert batch is not None
-        letter.status = DeadLetterStatus.REPLAYED
-        letter.replayed_at = dt.datetime.now(dt.UTC)
-        letter.replay_count += 1
         batch.status = BatchStatus.PENDING
         batch.failed_attempts = 0
         batch.error = None
@@ -103,19 +116,42 @@ class DeadLetterService:
         )
         return ReplayOutcome(letter, enqueue=True)
 
+    def replay_and_enqueue(self, letter: DeadLetter, enqueue: Callable[[str], None]) -> bool:
+        """Replay, commit, then enqueue; if the enqueue fails the letter is put back OPEN
+        (committed) and the error propagates. False when there was nothing to replay."""
+        outcome = self.replay(letter)
+        self.session.commit()
+        if not outcome.enqueue:
+            return False
+        try:
+            enqueue(letter.batch_id)
+        except Exception as exc:
+            self.undo_replay(letter, str(exc))
+            self.session.commit()
+            raise
+        return True
+
     def undo_replay(self, letter: DeadLetter, reason: str) -> None:
         """Put a replay back when the enqueue itself failed, so the letter is not lost."""
         batch = self.session.get(Batch, letter.batch_id)
         assert batch is not None
         letter.status = DeadLetterStatus.OPEN
         batch.status = BatchStatus.FAILURE
-        batch.error = letter.error
+        batch.failed_attempts = letter.attempts
+        batch.error = f"dead-lettered after {letter.attempts} failed attempts: {letter.error}"
+        batch.finished_at = dt.datetime.now(dt.UTC)
         self.audit_log.record(batch.id, AuditEvent.DEAD_LETTERED, reason=reason, replay_failed=True)
 
     def discard(self, letter: DeadLetter) -> bool:
-        if letter.status != DeadLetterStatus.OPEN:
+        """OPEN -> DISCARDED in one conditional UPDATE (a concurrent replay wins or loses)."""
+        claimed = self.session.execute(
+            update(DeadLetter)
+            .where(DeadLetter.id == letter.id, DeadLetter.status == DeadLetterStatus.OPEN)
+            .values(status=DeadLetterStatus.DISCARDED, discarded_at=dt.datetime.now(dt.UTC))
+            .execution_options(synchronize_session=False)
+        )
+        self.session.refresh(letter)
+        if getattr(claimed, "rowcount", 0) != 1:
             return False
-        letter.status = DeadLetterStatus.DISCARDED
-        letter.discarded_at = dt.datetime.now(dt.UTC)
         self.audit_log.record(letter.batch_id, AuditEvent.DISCARDED, dead_letter_id=letter.id)
         return True

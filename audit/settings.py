@@ -31,12 +31,24 @@ class Settings(BaseSettings):
     max_batch_size: int = 1000
     max_request_bytes: int = 2_000_000
     public_base_url: str = ""
+    api_rate_per_minute: float | None = Field(
+        default=3000.0, gt=0, description="API requests a minute per tenant; None = no limit."
+    )
+    api_rate_burst: int = Field(
+        default=100, ge=1, description="Requests a tenant may send at once above the steady rate."
+    )
 
     # Retry policy for provider failures
     max_attempts: int = Field(default=5, ge=1, description="Failed attempts before dead-letter.")
     retry_backoff_base_seconds: float = Field(default=1.0, gt=0)
     retry_backoff_max_seconds: float = Field(default=600.0, gt=0)
     retry_jitter_ratio: float = Field(default=0.1, ge=0, le=1)
+    infrastructure_retry_max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait before retrying a task whose database or Redis was down; "
+        "such retries never count as failed attempts.",
+    )
 
     # Providers
     provider_timeout_seconds: float = 10.0

@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "cli.db",
     "cli.keys",
     "cli.run",
+    "cli.dlq",
     "cli.workload",
     "cli.capacity",
     "cli.ops",

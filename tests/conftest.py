@@ -3,6 +3,7 @@ PostgreSQL databases, the provider simulator, the API under uvicorn and Celery w
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -189,7 +190,8 @@ def platform_env(
     }
 
 
-_db_indexes = iter(range(1, 16))
+# Redis has 16 databases; a long session reuses them (each platform has its own queue name).
+_db_indexes = itertools.cycle(range(1, 16))
 
 
 def launch_platform(
@@ -260,3 +262,36 @@ def sqlite_platform(
     running = launch_platform(tmp_path_factory, redis_server, database_url)
     yield running
     running.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the test's own, for tests that break or inspect Redis."""
+    port = free_port()
+    base = tmp_path_factory.mktemp("private-redis")
+    process = start_redis(port, base / "data", base)
+    yield f"redis://127.0.0.1:{port}"
+    process.stop()
+
+
+@pytest.fixture
+def dedicated_postgres_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of the test's own: a test may block its connections."""
+    reason = postgres_available()
+    if reason is not None:
+        pytest.skip(reason)
+    name = f"condo_audit_fault_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade_database(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        connection.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+            {"name": name},
+        )
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()

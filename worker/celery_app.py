@@ -34,6 +34,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "result_extended": True,
         "result_expires": 7 * 24 * 3600,
         "broker_connection_retry_on_startup": True,
+        # A worker whose Redis restarts reconnects by itself, however long Redis is away.
+        "broker_connection_retry": True,
+        "broker_connection_max_retries": None,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_transport_options": {
             # Longer than the longest retry countdown, or the message is redelivered early.
@@ -41,6 +44,8 @@ def celery_config(settings: Settings) -> dict[str, object]:
             # One list per queue: priority sub-lists would hide work from KEDA's trigger.
             "priority_steps": [0],
             "queue_order_strategy": "priority",
+            # A Redis that does not answer fails a publish fast (the API answers 503).
+            "socket_connect_timeout": 2.0,
         },
         "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
         "worker_hijack_root_logger": False,

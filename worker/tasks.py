@@ -1,4 +1,13 @@
-"""Celery tasks: a thin layer that maps the pipeline's outcomes onto Celery's retry machinery."""
+"""Celery tasks: a thin layer that maps the pipeline's outcomes onto Celery's retry machinery.
+
+Four kinds of trouble, four answers:
+- no budget now (the fleet limiter, or a provider's 429): reschedule, not counted;
+- a provider fails (ProviderError): a counted attempt; backoff, then dead-letter;
+- the platform's own database or Redis is unreachable: retried with capped backoff and never
+  counted, since the work itself is fine (and a dead letter could not even be written);
+- anything else (a bug, an answer nobody foresaw): a counted attempt like a provider
+  failure, so it too ends as a dead letter that says why instead of a batch stuck forever.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +17,26 @@ import time
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from opentelemetry import trace
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from audit import lifecycle
+from audit.auditlog import AuditEvent, AuditLogService
 from audit.observability import metrics
 from audit.observability.tracing import attempt_scope
 from audit.providers.base import ProviderError, ProviderRateLimited, RateLimitWait
+from audit.retry import RetryPolicy
 from worker.celery_app import PROCESS_BATCH_TASK, app
 from worker.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger(__name__)
+
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeoutError)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 
 class BatchDeadLettered(Exception):
@@ -32,12 +50,21 @@ def retry_reason(error: ProviderError) -> str:
     return type(error).__name__.removeprefix("Provider").lower() or "error"
 
 
+def retry_later(task: Task, countdown: float) -> NoReturn:
+    """Publish the retry; if even that fails, put the message back instead of dropping it."""
+    try:
+        raise task.retry(countdown=countdown, max_retries=None)
+    except Reject as failed_publish:
+        log.warning("could not publish a retry (%s); requeueing the message", failed_publish)
+        raise Reject(str(failed_publish), requeue=True) from None
+
+
 @app.task(name=PROCESS_BATCH_TASK, bind=True, max_retries=None)
 def process_batch_expenses(self: Task, batch_id: str) -> dict[str, Any]:
     started = time.perf_counter()
     outcome = "failure"
     try:
-        result, outcome = _process(self, batch_id)
+        result, outcome = guarded(self, batch_id)
         return result
     except Retry:
         outcome = "retry"
@@ -52,8 +79,38 @@ def process_batch_expenses(self: Task, batch_id: str) -> dict[str, Any]:
         )
 
 
-def _process(self: Task, batch_id: str) -> tuple[dict[str, Any], str]:
+def guarded(task: Task, batch_id: str) -> tuple[dict[str, Any], str]:
+    """Audit the batch; map the platform's own outages and unforeseen errors to retries."""
     rt = runtime()
+    try:
+        return audit_batch(task, rt, batch_id)
+    except (Retry, Reject, BatchDeadLettered):
+        raise
+    except DATABASE_DOWN + REDIS_DOWN as exc:
+        component = "database" if isinstance(exc, DATABASE_DOWN) else "redis"
+        policy = RetryPolicy(
+            base_seconds=rt.settings.retry_backoff_base_seconds,
+            max_seconds=rt.settings.infrastructure_retry_max_seconds,
+            jitter_ratio=rt.settings.retry_jitter_ratio,
+        )
+        countdown = policy.countdown(task.request.retries + 1)
+        log.warning(
+            "batch %s: %s unavailable (%s); retrying in %.1fs, not counted as an attempt",
+            batch_id,
+            component,
+            type(exc).__name__,
+            countdown,
+        )
+        record_uncounted_retry(rt, batch_id, component, type(exc).__name__, countdown)
+        metrics.RETRIES.labels(PROCESS_BATCH_TASK, f"{component}_unavailable", "platform").inc()
+        retry_later(task, countdown)
+    except Exception as exc:
+        log.exception("batch %s: unexpected error", batch_id)
+        reason = f"internal error {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        count_failure(task, rt, batch_id, "internal", reason, "internal")
+
+
+def audit_batch(task: Task, rt: WorkerRuntime, batch_id: str) -> tuple[dict[str, Any], str]:
     span = trace.get_current_span()
     span.set_attribute("batch.id", batch_id)
     with rt.sessions.begin() as session:
@@ -71,7 +128,7 @@ def _process(self: Task, batch_id: str) -> tuple[dict[str, Any], str]:
         with rt.sessions.begin() as session:
             lifecycle.rate_limited(session, batch_id, wait.provider, wait.wait_seconds)
         metrics.RETRIES.labels(PROCESS_BATCH_TASK, "rate_limit_wait", wait.provider).inc()
-        raise self.retry(countdown=wait.wait_seconds, max_retries=None) from None
+        retry_later(task, wait.wait_seconds)
     except ProviderRateLimited as limited:
         # A 429 says "later", not "broken": wait it out uncounted, up to a generous bound.
         countdown = max(limited.retry_after or 1.0, 0.5) * random.uniform(1.0, 1.2)
@@ -80,41 +137,61 @@ def _process(self: Task, batch_id: str) -> tuple[dict[str, Any], str]:
                 session, batch_id, limited.provider, countdown, reason="provider 429"
             )
         if waits > rt.settings.max_rate_limited_waits:
-            fail_attempt(self, rt, batch_id, limited)
+            count_failure(task, rt, batch_id, limited.provider, str(limited), "provider_429")
         metrics.RETRIES.labels(PROCESS_BATCH_TASK, "provider_429", limited.provider).inc()
-        raise self.retry(countdown=countdown, max_retries=None) from None
+        retry_later(task, countdown)
     except ProviderError as error:
-        fail_attempt(self, rt, batch_id, error)
+        count_failure(task, rt, batch_id, error.provider, str(error), retry_reason(error))
     return {"batch_id": batch_id, **summary}, "success"
 
 
-def fail_attempt(self: Task, rt: WorkerRuntime, batch_id: str, error: ProviderError) -> NoReturn:
+def count_failure(
+    task: Task, rt: WorkerRuntime, batch_id: str, provider: str, reason: str, label: str
+) -> NoReturn:
     """Count a failed attempt: retry after the backoff, or dead-letter when they are spent."""
     with rt.sessions.begin() as session:
         decision = lifecycle.failed(
             session,
             batch_id,
-            provider=error.provider,
-            reason=str(error),
+            provider=provider,
+            reason=reason,
             task_name=PROCESS_BATCH_TASK,
             payload={"batch_id": batch_id},
             policy=rt.retry_policy,
         )
     if decision.countdown is None:
-        metrics.DEAD_LETTERS.labels(PROCESS_BATCH_TASK, error.provider).inc()
+        metrics.DEAD_LETTERS.labels(PROCESS_BATCH_TASK, provider).inc()
         log.error(
             "batch %s dead-lettered after %d attempts: %s",
             batch_id,
             decision.failed_attempts,
-            error,
+            reason,
         )
-        raise BatchDeadLettered(str(error)) from None
-    metrics.RETRIES.labels(PROCESS_BATCH_TASK, retry_reason(error), error.provider).inc()
+        raise BatchDeadLettered(reason)
+    metrics.RETRIES.labels(PROCESS_BATCH_TASK, label, provider).inc()
     log.warning(
         "batch %s attempt %d failed (%s); retrying in %.1fs",
         batch_id,
         decision.failed_attempts,
-        error,
+        reason,
         decision.countdown,
     )
-    raise self.retry(countdown=decision.countdown, max_retries=None) from None
+    retry_later(task, decision.countdown)
+
+
+def record_uncounted_retry(
+    rt: WorkerRuntime, batch_id: str, component: str, error: str, countdown: float
+) -> None:
+    """Best effort: with the database down there is nowhere to write it, and that is fine."""
+    try:
+        with rt.sessions.begin() as session:
+            AuditLogService(session).record(
+                batch_id,
+                AuditEvent.RETRIED,
+                counted=False,
+                unavailable=component,
+                reason=f"{component} unavailable ({error})",
+                countdown_seconds=round(countdown, 3),
+            )
+    except Exception as exc:
+        log.info("batch %s: retry not written to the audit log (%s)", batch_id, type(exc).__name__)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from sqlalchemy import delete
 
 from api.deps import SessionDep, SettingsDep, TenantDep, not_found
+from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND
 from api.schemas import (
     AuditLogEntryOut,
     BatchAccepted,
@@ -30,7 +31,7 @@ from audit.batches import (
 from audit.models import AuditLogEntry, Batch, Expense
 from worker.enqueue import EnqueueFailed, enqueue_batch
 
-router = APIRouter(tags=["batches"])
+router = APIRouter(tags=["batches"], responses=AUTHENTICATED_ERRORS)
 
 
 def accepted(request: Request, batch: Batch) -> BatchAccepted:
@@ -105,7 +106,7 @@ def submit_batch_expenses(
     return accepted(request, batch)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskStatus, name="get_task")
+@router.get("/tasks/{task_id}", response_model=TaskStatus, name="get_task", responses=NOT_FOUND)
 def get_task(task_id: str, session: SessionDep, tenant: TenantDep) -> TaskStatus:
     batch = batch_for_tenant(session, tenant, task_id)
     if batch is None:
@@ -126,7 +127,7 @@ def get_task(task_id: str, session: SessionDep, tenant: TenantDep) -> TaskStatus
     )
 
 
-@router.get("/batches/{batch_id}/findings", response_model=FindingsPage)
+@router.get("/batches/{batch_id}/findings", response_model=FindingsPage, responses=NOT_FOUND)
 def get_batch_findings(
     batch_id: str,
     session: SessionDep,
@@ -152,7 +153,9 @@ def get_batch_findings(
     )
 
 
-@router.get("/batches/{batch_id}/audit-log", response_model=list[AuditLogEntryOut])
+@router.get(
+    "/batches/{batch_id}/audit-log", response_model=list[AuditLogEntryOut], responses=NOT_FOUND
+)
 def get_batch_audit_log(
     batch_id: str, session: SessionDep, tenant: TenantDep
 ) -> list[AuditLogEntryOut]:

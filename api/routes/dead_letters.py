@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from api.deps import SessionDep, TenantDep, not_found
-from api.schemas import DeadLetterOut, ReplayOut
+from api.errors import AUTHENTICATED_ERRORS
+from api.schemas import DeadLetterOut, ErrorOut, ReplayAllOut, ReplayOut
 from audit.deadletters import DeadLetterService
 from worker.enqueue import EnqueueFailed, enqueue_batch
 
-router = APIRouter(prefix="/dead-letters", tags=["dead-letters"])
+router = APIRouter(prefix="/dead-letters", tags=["dead-letters"], responses=AUTHENTICATED_ERRORS)
+
+QUEUE_DOWN: dict[str, Any] = {
+    "model": ErrorOut,
+    "description": "The queue is unavailable; nothing changed",
+}
+NOT_FOUND: dict[str, Any] = {"model": ErrorOut, "description": "No such dead letter"}
 
 
 @router.get("", response_model=list[DeadLetterOut])
@@ -23,7 +30,7 @@ def list_dead_letters(
     ] = "OPEN",
     provider: Annotated[str | None, Query(max_length=30)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[DeadLetterOut]:
     letters = DeadLetterService(session).list(
         tenant_id=tenant, status=status_filter, provider=provider, limit=limit, offset=offset
@@ -31,7 +38,7 @@ def list_dead_letters(
     return [DeadLetterOut.model_validate(letter) for letter in letters]
 
 
-@router.get("/{dead_letter_id}", response_model=DeadLetterOut)
+@router.get("/{dead_letter_id}", response_model=DeadLetterOut, responses={404: NOT_FOUND})
 def get_dead_letter(dead_letter_id: str, session: SessionDep, tenant: TenantDep) -> DeadLetterOut:
     letter = DeadLetterService(session).get(dead_letter_id, tenant)
     if letter is None:
@@ -39,36 +46,75 @@ def get_dead_letter(dead_letter_id: str, session: SessionDep, tenant: TenantDep)
     return DeadLetterOut.model_validate(letter)
 
 
-@router.post("/{dead_letter_id}/replay", response_model=ReplayOut)
+@router.post("/replay", response_model=ReplayAllOut, responses={503: QUEUE_DOWN})
+def replay_dead_letters_of_provider(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    provider: Annotated[str, Query(min_length=1, max_length=30, pattern=r"^[a-z0-9_\-]+$")],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+) -> ReplayAllOut:
+    """Replay every OPEN dead letter of this tenant that a provider caused (after its outage).
+
+    Each letter is replayed on its own; if the queue goes away mid-way, the ones not yet
+    enqueued stay OPEN and the answer is 503: calling again replays only what is left.
+    """
+    service = DeadLetterService(session)
+    letters = service.list(tenant_id=tenant, status="OPEN", provider=provider, limit=limit)
+    replayed: list[str] = []
+    for letter in letters:
+        try:
+            if service.replay_and_enqueue(letter, enqueue_batch):
+                replayed.append(letter.batch_id)
+        except EnqueueFailed as exc:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"the work queue is unavailable ({exc}) after {len(replayed)} replays; "
+                "the rest stay open, retry later",
+                headers={"Retry-After": "5"},
+            ) from None
+    return ReplayAllOut(
+        provider=provider,
+        replayed=len(replayed),
+        task_ids=replayed,
+        status_urls=[str(request.url_for("get_task", task_id=task_id)) for task_id in replayed],
+    )
+
+
+@router.post(
+    "/{dead_letter_id}/replay",
+    response_model=ReplayOut,
+    responses={404: NOT_FOUND, 503: QUEUE_DOWN},
+)
 def replay_dead_letter(
     dead_letter_id: str, request: Request, session: SessionDep, tenant: TenantDep
 ) -> ReplayOut:
+    """Replay one dead letter; replaying one that is not OPEN changes nothing (enqueued=false)."""
     service = DeadLetterService(session)
     letter = service.get(dead_letter_id, tenant)
     if letter is None:
         raise not_found("dead letter")
-    outcome = service.replay(letter)
-    session.commit()
-    if outcome.enqueue:
-        try:
-            enqueue_batch(letter.batch_id)
-        except EnqueueFailed as exc:
-            service.undo_replay(letter, str(exc))
-            session.commit()
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"the work queue is unavailable ({exc}); the dead letter stays open",
-                headers={"Retry-After": "5"},
-            ) from None
+    try:
+        enqueued = service.replay_and_enqueue(letter, enqueue_batch)
+    except EnqueueFailed as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"the work queue is unavailable ({exc}); the dead letter stays open",
+            headers={"Retry-After": "5"},
+        ) from None
     return ReplayOut(
         dead_letter=DeadLetterOut.model_validate(letter),
         task_id=letter.batch_id,
-        enqueued=outcome.enqueue,
+        enqueued=enqueued,
         status_url=str(request.url_for("get_task", task_id=letter.batch_id)),
     )
 
 
-@router.post("/{dead_letter_id}/discard", response_model=DeadLetterOut)
+@router.post(
+    "/{dead_letter_id}/discard",
+    response_model=DeadLetterOut,
+    responses={404: NOT_FOUND, 409: {"model": ErrorOut, "description": "Not OPEN"}},
+)
 def discard_dead_letter(
     dead_letter_id: str, session: SessionDep, tenant: TenantDep
 ) -> DeadLetterOut:

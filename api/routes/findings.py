@@ -8,13 +8,14 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import ValidationError
 
 from api.deps import SessionDep, TenantDep, not_found
+from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND
 from api.schemas import FindingOut, FindingsPage
 from audit.batches import FindingFilter, UnknownCondominium, condominium_for_tenant, list_findings
 from audit.models import Batch, Condominium
 from audit.reports import monthly_report
 from audit.rules import RuleSettings
 
-router = APIRouter(tags=["findings"])
+router = APIRouter(tags=["findings"], responses=AUTHENTICATED_ERRORS)
 
 
 def own_condominium(session: SessionDep, tenant: str, condominium_id: str) -> Condominium:
@@ -24,7 +25,7 @@ def own_condominium(session: SessionDep, tenant: str, condominium_id: str) -> Co
         raise not_found("condominium") from None
 
 
-@router.get("/findings", response_model=FindingsPage)
+@router.get("/findings", response_model=FindingsPage, responses=NOT_FOUND)
 def search_findings(
     session: SessionDep,
     tenant: TenantDep,
@@ -56,24 +57,30 @@ def search_findings(
     )
 
 
-@router.get("/condominiums/{condominium_id}/report")
+@router.get("/condominiums/{condominium_id}/report", responses=NOT_FOUND)
 def get_report(
     condominium_id: str,
     session: SessionDep,
     tenant: TenantDep,
-    period: Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-10"])],
+    period: Annotated[str, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-10"])],
 ) -> dict[str, Any]:
     own_condominium(session, tenant, condominium_id)
-    return monthly_report(session, condominium_id, period)
+    try:
+        return monthly_report(session, condominium_id, period)
+    except ValueError as exc:  # e.g. year 0000, which the pattern lets through
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["query", "period"], "msg": str(exc), "type": "value_error"}],
+        ) from None
 
 
-@router.get("/condominiums/{condominium_id}/audit-settings")
+@router.get("/condominiums/{condominium_id}/audit-settings", responses=NOT_FOUND)
 def get_audit_settings(condominium_id: str, session: SessionDep, tenant: TenantDep) -> Any:
     condominium = own_condominium(session, tenant, condominium_id)
     return RuleSettings.from_stored(condominium.audit_settings).to_stored()
 
 
-@router.put("/condominiums/{condominium_id}/audit-settings")
+@router.put("/condominiums/{condominium_id}/audit-settings", responses=NOT_FOUND)
 def put_audit_settings(
     condominium_id: str, body: dict[str, Any], session: SessionDep, tenant: TenantDep
 ) -> Any:
@@ -83,7 +90,7 @@ def put_audit_settings(
         settings = RuleSettings.from_stored(body)
     except ValidationError as exc:
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             [
                 {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
                 for e in exc.errors(include_url=False, include_context=False, include_input=False)
