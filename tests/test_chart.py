@@ -33,7 +33,7 @@ SCENARIOS = list(cs.SCENARIOS)
 APP_COMPONENTS = ("api", "worker")
 KUBE_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 # Prometheus Operator CRDs ship no offline schema here; checked by hand below.
-KINDS_WITHOUT_SCHEMA = {"ServiceMonitor"}
+KINDS_WITHOUT_SCHEMA = {"ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -145,6 +145,24 @@ def test_service_monitors_point_at_named_service_ports(objects: list[Obj]) -> No
         for endpoint in monitor["spec"]["endpoints"]:
             assert endpoint["port"] in port_names
             assert endpoint["path"] == "/metrics"
+
+
+def test_the_prometheus_rule_carries_the_platform_alerts() -> None:
+    assert cs.by_kind(cs.render("defaults"), "PrometheusRule") == []
+    rule = cs.one(
+        cs.render("defaults", "metrics.prometheusRule.enabled=true"), "PrometheusRule", "alerts"
+    )
+    alerts_file = cs.REPO_ROOT / "helm" / "condo-audit" / "files" / "prometheus-alerts.yaml"
+    assert rule["spec"] == yaml.safe_load(alerts_file.read_text())
+    names = {r["alert"] for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert {"CondoAuditDeadLettersGrowing", "CondoAuditProvider429s"} <= names
+
+
+def test_prefork_workers_share_a_metrics_directory(objects: list[Obj]) -> None:
+    worker = cs.container(cs.one(objects, "Deployment", "worker"), "worker")
+    directory = cs.env_of(worker)["PROMETHEUS_MULTIPROC_DIR"]["value"]
+    mounts = {m["mountPath"] for m in worker["volumeMounts"]}
+    assert any(directory.startswith(mount + "/") for mount in mounts), (directory, mounts)
 
 
 # ---------- labels ----------

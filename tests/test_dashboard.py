@@ -17,7 +17,7 @@ __all__ = ["metered"]  # the module-scoped platform fixture, shared by import
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "observability" / "grafana" / "condo-audit.json"
-ALERTS = ROOT / "observability" / "prometheus" / "alerts.yaml"
+ALERTS = ROOT / "helm" / "condo-audit" / "files" / "prometheus-alerts.yaml"
 
 PROMQL_FUNCTIONS = {
     "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "delta", "deriv",
