@@ -3,7 +3,6 @@ PostgreSQL databases, the provider simulator, the API under uvicorn and Celery w
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 import uuid
@@ -14,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -170,6 +170,7 @@ class Platform:
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             process.stop()
+        release_redis_db(self.redis_url)
 
 
 def platform_env(
@@ -191,7 +192,25 @@ def platform_env(
 
 
 # Redis has 16 databases; a long session reuses them (each platform has its own queue name).
-_db_indexes = itertools.cycle(range(1, 16))
+# Redis databases 1-15 of the session's private server, one per live platform: a platform
+# never inherits another's keys (a cached provider token, a queue, limiter state).
+_free_db_indexes = list(range(1, 16))
+
+
+def claim_redis_db(redis_url: str) -> int:
+    if not _free_db_indexes:
+        raise RuntimeError("more than 15 platforms alive at once on one redis-server")
+    index = _free_db_indexes.pop(0)
+    client = Redis.from_url(f"{redis_url}/{index}")
+    client.flushdb()
+    client.close()
+    return index
+
+
+def release_redis_db(platform_redis_url: str) -> None:
+    index = int(platform_redis_url.rsplit("/", 1)[1])
+    if index not in _free_db_indexes:
+        _free_db_indexes.append(index)
 
 
 def launch_platform(
@@ -206,7 +225,11 @@ def launch_platform(
     sim_port, api_port = free_port(), free_port()
     simulator_url = f"http://127.0.0.1:{sim_port}"
     env = platform_env(
-        redis_url, next(_db_indexes), database_url, simulator_url, f"audit-{uuid.uuid4().hex[:8]}"
+        redis_url,
+        claim_redis_db(redis_url),
+        database_url,
+        simulator_url,
+        f"audit-{uuid.uuid4().hex[:8]}",
     )
     env.update(extra_env or {})
     with session_scope(database_url) as session:
