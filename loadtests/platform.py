@@ -119,14 +119,14 @@ class ProviderLimits:
 
     def platform_env(self) -> dict[str, str]:
         def rate(value: float | None) -> str:
-            return "" if value is None else f"{value:g}"
+            # No limit at the simulator: a budget no run can reach (the limiter still runs).
+            return "1e9" if value is None else f"{value:g}"
 
-        env = {"CNPJ_PROVIDERS": '["minha_receita"]'}
-        if self.cnpj_rate_per_minute is not None:
-            env["MINHA_RECEITA_RATE_PER_MINUTE"] = rate(self.cnpj_rate_per_minute)
-        if self.pluggy_rate_per_minute is not None:
-            env["PLUGGY_RATE_PER_MINUTE"] = rate(self.pluggy_rate_per_minute)
-        return env
+        return {
+            "CNPJ_PROVIDERS": '["minha_receita"]',
+            "MINHA_RECEITA_RATE_PER_MINUTE": rate(self.cnpj_rate_per_minute),
+            "PLUGGY_RATE_PER_MINUTE": rate(self.pluggy_rate_per_minute),
+        }
 
 
 @dataclass

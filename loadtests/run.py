@@ -48,7 +48,6 @@ from loadtests.platform import (
     unique_suppliers,
     warm_supplier_cache,
 )
-from loadtests.shape import MonthEndPeak
 
 REPORTS = ROOT / "loadtests" / "reports"
 PRODUCTION_CONDOMINIUMS = 10_000

@@ -53,7 +53,8 @@ class Check:
 
     def line(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        return f"  {verdict}  {self.name:<44} {self.measured:>10.3f} {self.unit:<3} (limit {self.limit:g})"
+        measured = f"{self.measured:>10.3f} {self.unit:<3}"
+        return f"  {verdict}  {self.name:<40} {measured} (limit {self.limit:g})"
 
 
 def _number(text: str) -> float:
