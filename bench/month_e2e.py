@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
-import time
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -101,6 +100,8 @@ def main() -> None:
                 ).one()
         finally:
             platform.stop()
+    assert first is not None
+    assert last is not None
     measured = (last - first).total_seconds()
     bounds = {
         "cnpj": unique / (args.cnpj_per_minute / 60),
@@ -123,4 +124,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    time.sleep(0)

@@ -11,6 +11,6 @@ from worker.celery_app import app
 NOOP_TASK = "bench.noop"
 
 
-@app.task(name=NOOP_TASK)
+@app.task(name=NOOP_TASK)  # type: ignore[untyped-decorator]
 def noop(batch_id: str) -> dict[str, str]:
     return {"batch_id": batch_id}

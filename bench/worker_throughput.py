@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import statistics
 import subprocess
 import sys
-import statistics
 import tempfile
 import time
 import uuid

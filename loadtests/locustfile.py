@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gevent
+from gevent import sleep  # type: ignore[import-untyped]
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
@@ -48,7 +48,7 @@ def _record(environment: Environment, entry: dict[str, Any]) -> None:
         handle.write(json.dumps(entry) + "\n")
     if entry["status"] == "SUCCESS":
         # Also in locust's own CSV and HTML report, next to the HTTP latencies.
-        environment.events.request.fire(
+        environment.events.request.fire(  # type: ignore[no-untyped-call]
             request_type=E2E_TYPE,
             name="submission->SUCCESS",
             response_time=entry["e2e_seconds"] * 1000,
@@ -68,7 +68,7 @@ class Administrator(FastHttpUser):
 
     def _idle(self) -> None:
         while True:
-            gevent.sleep(3600)
+            sleep(3600)
 
     @task
     def month_end(self) -> None:
@@ -97,7 +97,7 @@ class Administrator(FastHttpUser):
         deadline = time.monotonic() + TASK_TIMEOUT_SECONDS
         status: dict[str, Any] = {"status": "PENDING"}
         while status["status"] not in ENDED and time.monotonic() < deadline:
-            gevent.sleep(POLL_SECONDS)
+            sleep(POLL_SECONDS)
             with self.client.get(
                 f"/tasks/{task_id}", headers=self.headers, name="/tasks/[id]", catch_response=True
             ) as polled:
@@ -130,10 +130,10 @@ class MonthEndShape(LoadTestShape):
     """`loadtests.shape.MonthEndPeak`, stopping once every administrator is done."""
 
     def tick(self) -> tuple[int, float] | None:
-        return PEAK.tick(self.get_run_time(), _finished)
+        return PEAK.tick(self.get_run_time(), _finished)  # type: ignore[no-untyped-call]
 
 
-@events.test_start.add_listener
+@events.test_start.add_listener  # type: ignore[untyped-decorator]
 def _fresh_records(environment: Environment, **_: Any) -> None:
     E2E_PATH.parent.mkdir(parents=True, exist_ok=True)
     E2E_PATH.write_text("", encoding="utf-8")

@@ -276,9 +276,7 @@ def warm_supplier_cache(database_url: str, suppliers: Iterable[Supplier]) -> int
         for supplier in suppliers:
             upsert_registration(session, registration_of(supplier))
             count += 1
-        session.execute(
-            text("UPDATE supplier_registrations SET fetched_at = :at"), {"at": fetched}
-        )
+        session.execute(text("UPDATE supplier_registrations SET fetched_at = :at"), {"at": fetched})
     return count
 
 
