@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,7 @@ from redis import Redis
 
 from audit.settings import Settings
 from audit.workload import WorkloadConfig, condominium_month
+from bench import profiling
 from loadtests.platform import create_tenants, start_platform
 from worker.celery_app import PROCESS_BATCH_TASK, create_celery_app
 from worker.enqueue import PUBLISH_RETRY_POLICY
@@ -103,8 +105,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--database", choices=("auto", "postgresql", "sqlite"), default="auto")
+    parser.add_argument(
+        "--profile", type=Path, help="record the API processes with py-spy during the POSTs"
+    )
     args = parser.parse_args()
-    import tempfile
 
     with tempfile.TemporaryDirectory(prefix="bench-enqueue-") as tmp:
         platform = start_platform(Path(tmp), database=args.database, api_workers=args.api_workers)
@@ -124,9 +128,14 @@ def main() -> None:
             ]
             warm = len(posts) // 10
             asyncio.run(_hammer(platform.api_url, key, posts[:warm], args.clients))
+            api_pid = platform.processes[-1].pid
+            profiler = (
+                profiling.start(api_pid, args.profile, subprocesses=True) if args.profile else None
+            )
             post_seconds, accepted = asyncio.run(
                 _hammer(platform.api_url, key, posts[warm:], args.clients)
             )
+            profiling.stop(profiler)
             redis = Redis.from_url(platform.redis_url)
             queued = redis.llen("audit")
             assert queued == len(posts), f"{queued} messages queued for {len(posts)} batches"
