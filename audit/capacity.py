@@ -26,14 +26,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# Worker throughput, expenses audited per second per process with a warm cache. The
-# issue's target figure, to be replaced by `bench/` output measured on this machine.
-MEASURED_AUDIT_RATE_PER_PROCESS = 1000.0
-AUDIT_RATE_IS_PLACEHOLDER = True  # set False with the measured figure above
-# Requests per second one API replica (uvicorn, 2 processes) serves within the SLO.
-# Placeholder until the locust run measures it on this machine.
-MEASURED_API_RPS_PER_REPLICA = 300.0
-API_RPS_IS_PLACEHOLDER = True  # set False with the measured figure above
+# Worker throughput, expenses audited per second by one Celery process with a warm supplier
+# cache, PostgreSQL 15, the bank month fetched from the simulator at 0 ms:
+# `python -m bench.worker_throughput` measured 1,291/s (52.3 expenses per batch, 24.7
+# batches/s; a no-op task runs at 530/s in the same worker) on this 2-core machine.
+MEASURED_AUDIT_RATE_PER_PROCESS = 1290.0
+AUDIT_RATE_IS_PLACEHOLDER = False
+# Requests per second one API replica (uvicorn, 2 processes, 2 cores) serves at the month-end
+# mix of 1 POST /batch-expenses, 10 status polls and 3 reads: `python -m
+# bench.enqueue_throughput` measured POST at 94.9/s (49 expenses each) and GET /tasks/{id}
+# at 219.5/s, so 14 requests take 1/94.9 + 13/219.5 = 69.8 ms -> 200 requests/s.
+MEASURED_API_RPS_PER_REPLICA = 200.0
+API_RPS_IS_PLACEHOLDER = False
 # One `audit.process_batch_expenses` message as it sits in Redis (task id argument,
 # trace context, Celery's JSON envelope): 1,244 bytes of JSON, ~1,520 bytes of Redis
 # memory, measured with 2,000 messages sent by the platform's Celery config to Redis 7.

@@ -10,9 +10,9 @@ import datetime as dt
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, delete, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,8 @@ from audit.providers.base import BankTransactionRecord, Registration, Transactio
 from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings, evaluate
 
 HISTORY_DAYS = 365
+# Core statements run executemany on the table (ORM bulk statements would want primary keys).
+TRANSACTIONS_TABLE = cast(Table, BankTransaction.__table__)
 
 
 class SupplierSource(Protocol):
@@ -132,13 +134,12 @@ class BatchAuditor:
             ]
             dialect = session.get_bind().dialect.name
             insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            for chunk_start in range(0, len(rows), 500):
-                statement = insert(BankTransaction).values(rows[chunk_start : chunk_start + 500])
-                session.execute(
-                    statement.on_conflict_do_nothing(
-                        index_elements=["condominium_id", "provider_transaction_id"]
-                    )
-                )
+            # One statement executed with many parameter sets: compiled once and cached, sent
+            # as multi-row batches (a statement with the rows in .values() compiles per call).
+            statement = insert(TRANSACTIONS_TABLE).on_conflict_do_nothing(
+                index_elements=["condominium_id", "provider_transaction_id"]
+            )
+            session.connection().execute(statement, rows)
 
 
 def facts_of(expense: Expense) -> ExpenseFacts:
@@ -237,14 +238,20 @@ def store_result(
         .where(BankTransaction.matched_expense_id.in_(batch_expenses))
         .values(matched_expense_id=None)
     )
-    for expense_id, transaction_id in result.matches.items():
-        session.execute(
-            update(BankTransaction)
+    if result.matches:
+        # One executemany (pipelined by psycopg), not a round trip per matched expense.
+        table = TRANSACTIONS_TABLE
+        session.connection().execute(
+            update(table)
             .where(
-                BankTransaction.condominium_id == condominium_id,
-                BankTransaction.provider_transaction_id == transaction_id,
+                table.c.condominium_id == condominium_id,
+                table.c.provider_transaction_id == bindparam("transaction_id"),
             )
-            .values(matched_expense_id=expense_id)
+            .values(matched_expense_id=bindparam("expense_id")),
+            [
+                {"transaction_id": transaction_id, "expense_id": expense_id}
+                for expense_id, transaction_id in result.matches.items()
+            ],
         )
     if result.findings:
         session.execute(

@@ -162,13 +162,17 @@ def start_worker(
     concurrency: int = 1,
     queue: str = "audit",
     pool: str = "prefork",
+    include: list[str] | None = None,
 ) -> ManagedProcess:
+    """`include`: extra task modules (`--include`), e.g. a benchmark's reference task."""
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", queue, "--concurrency", str(concurrency), "--pool", pool,
         "--hostname", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
         "--without-mingle",
     ]  # fmt: skip
+    if include:
+        argv += ["--include", ",".join(include)]
     heartbeat = log_dir / f"{name}.heartbeat"
     heartbeat.unlink(missing_ok=True)
     process = spawn(name, argv, {**env, "WORKER_HEARTBEAT_FILE": str(heartbeat)}, log_dir)

@@ -1,0 +1,155 @@
+"""Worker throughput: expenses audited per second by one process, warm supplier cache, beside
+a no-op Celery task in the same worker.
+
+    python -m bench.worker_throughput [--batches 200] [--noops 2000]
+
+Starts a private redis-server, a fresh database (PostgreSQL when it answers), the provider
+simulator with no latency and no limit, and the API. Submits `--batches` generated months
+(about 50 expenses each) through the API with every supplier already in the cache and every
+account's bank month in the simulator, stops the API, then starts one Celery worker with
+one prefork process (`--include bench.noop_task` adds the reference task) and lets it drain
+the queue: each batch does its real work (cached supplier query, one Pluggy page from the
+simulator, the rules, the findings). The rate counts the batches after the first tenth,
+from the database's started/finished times, so the process's warm-up is left out. Then
+`--noops` no-op tasks go through the same worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from audit.db import session_scope
+from audit.models import Batch
+from audit.settings import Settings
+from audit.workload import WorkloadConfig, condominium_month
+from bench import profiling
+from bench.enqueue_throughput import _hammer
+from bench.noop_task import NOOP_TASK
+from loadtests.platform import (
+    ProviderLimits,
+    create_tenants,
+    seed_simulator,
+    start_platform,
+    unique_suppliers,
+    warm_supplier_cache,
+)
+from worker.celery_app import create_celery_app
+
+NO_LIMITS = ProviderLimits(
+    cnpj_rate_per_minute=None, pluggy_rate_per_minute=None, cnpj_latency_ms=0, pluggy_latency_ms=0
+)
+
+
+def start_profiler(worker_pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+    """py-spy on the worker's one prefork child, the process that runs the tasks."""
+    if out is None:
+        return None
+    listing = Path(f"/proc/{worker_pid}/task/{worker_pid}/children")  # Linux, like py-spy
+    deadline = time.monotonic() + 30
+    while not (children := listing.read_text().split()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker started no pool process")
+        time.sleep(0.05)
+    return profiling.start(int(children[0]), out)
+
+
+def wait_until_done(database_url: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope(database_url) as session:
+            done = session.scalar(
+                select(func.count()).select_from(Batch).where(Batch.finished_at.is_not(None))
+            )
+        if done == count:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{done} of {count} batches finished within {timeout:.0f}s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--noops", type=int, default=2000)
+    parser.add_argument("--database", choices=("auto", "postgresql", "sqlite"), default="auto")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record the worker process with py-spy while it drains (collapsed stacks here)",
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        platform = start_platform(Path(tmp), database=args.database, limits=NO_LIMITS)
+        try:
+            config = WorkloadConfig(condominiums=args.batches, seed=11)
+            months = [condominium_month(config, i) for i in range(args.batches)]
+            seed_simulator(platform.simulator_url, months)
+            warm_supplier_cache(platform.database.url, unique_suppliers(months).values())
+            key = create_tenants(platform.database.url, 1)[0]
+            condominiums = asyncio.run(
+                _hammer(
+                    platform.api_url, key,
+                    [("POST", "/condominiums", m.condominium_request()) for m in months], 4,
+                )
+            )[1]  # fmt: skip
+            asyncio.run(
+                _hammer(
+                    platform.api_url, key,
+                    [("POST", "/batch-expenses", m.batch_request(c["id"]))
+                     for m, c in zip(months, condominiums, strict=True)], 4,
+                )
+            )  # fmt: skip
+            api = platform.processes.pop()
+            api.stop()
+            platform.start_workers(1, 1, include=["bench.noop_task"])
+            profiler = start_profiler(platform.processes[-1].pid, args.profile)
+            wait_until_done(platform.database.url, args.batches, 600)
+            profiling.stop(profiler)
+            with session_scope(platform.database.url) as session:
+                rows = session.execute(
+                    select(Batch.started_at, Batch.finished_at, Batch.expenses_total)
+                    .where(Batch.status == "SUCCESS")
+                    .order_by(Batch.finished_at)
+                ).all()
+            skip = len(rows) // 10
+            measured = rows[skip + 1 :]
+            seconds = (measured[-1].finished_at - rows[skip].finished_at).total_seconds()
+            expenses = sum(r.expenses_total for r in measured)
+            per_batch = [(r.finished_at - r.started_at).total_seconds() for r in measured]
+
+            app = create_celery_app(Settings(redis_url=platform.redis_url))
+            app.send_task(NOOP_TASK, args=["warm"], queue="audit").get(timeout=30)
+            started = time.perf_counter()
+            results = [
+                app.send_task(NOOP_TASK, args=[str(uuid.uuid4())], queue="audit")
+                for _ in range(args.noops)
+            ]
+            results[-1].get(timeout=300)
+            noop_seconds = time.perf_counter() - started
+            assert all(r.ready() for r in results)
+        finally:
+            platform.stop()
+    rate = expenses / seconds
+    batch_rate = len(measured) / seconds
+    noop_rate = args.noops / noop_seconds
+    print(
+        f"worker, 1 process, warm cache ({platform.database.kind}): {rate:.0f} expenses/s "
+        f"({batch_rate:.1f} batches/s of {expenses / len(measured):.1f} expenses, "
+        f"{len(measured)} batches measured, median {statistics.median(per_batch) * 1000:.0f} ms "
+        f"from started to finished)\n"
+        f"no-op task in the same worker: {noop_rate:.0f} tasks/s\n"
+        f"a no-op task takes {batch_rate / noop_rate:.1%} of a batch's time: the rest is the "
+        f"audit (target >= 1,000 expenses/s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
