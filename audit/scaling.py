@@ -209,7 +209,8 @@ class Summary:
             return f"{s / 60:.1f} min ({int(s)} s)"
 
         after = (
-            "" if self.drain_seconds is None
+            ""
+            if self.drain_seconds is None
             else f", {clock(max(0.0, self.drain_seconds - self.window_seconds))} after the window"
         )
         provider = (
@@ -309,13 +310,12 @@ class _Hpa:
             start = self._period_start(now, current, p.period_seconds)
             if up:
                 proposal = (
-                    start + p.value if p.kind == "Pods"
+                    start + p.value
+                    if p.kind == "Pods"
                     else math.ceil(start * (1 + p.value / 100) - EPSILON)
                 )
             else:
-                proposal = (
-                    start - p.value if p.kind == "Pods" else int(start * (1 - p.value / 100))
-                )
+                proposal = start - p.value if p.kind == "Pods" else int(start * (1 - p.value / 100))
             proposals.append(proposal)
         # Max picks the policy allowing the biggest change, in either direction.
         if up:
@@ -331,9 +331,7 @@ def simulate(scenario: Scenario, *, max_seconds: int | None = None) -> Result:
     a, w, p, load = scenario.autoscaling, scenario.workers, scenario.providers, scenario.load
     if a.target_per_replica <= 0 or w.concurrency <= 0 or w.task_seconds <= 0:
         raise ValueError("target, concurrency and task seconds must be positive")
-    limit = max_seconds if max_seconds is not None else (
-        load.last_arrival_second + 7 * 24 * 3600
-    )
+    limit = max_seconds if max_seconds is not None else (load.last_arrival_second + 7 * 24 * 3600)
     hpa = _Hpa(a)
     floor = a.min_replicas
     pods: list[float] = [0.0] * floor  # each pod's ready time
@@ -395,7 +393,9 @@ def simulate(scenario: Scenario, *, max_seconds: int | None = None) -> Result:
                 if replicas == 0 and active:
                     pods = [t + w.pod_startup_seconds] * max(1, a.min_replicas)
                 elif (
-                    a.min_replicas == 0 and replicas > 0 and not active
+                    a.min_replicas == 0
+                    and replicas > 0
+                    and not active
                     and t - last_active >= a.cooldown_seconds
                 ):
                     pods = []
@@ -581,6 +581,7 @@ def write_csv(
 
 def read_csv(path: Path) -> list[dict[str, float | None]]:
     """Rows of a simulator or recorder CSV; empty cells (unknown values) become None."""
+
     def number(v: str | None) -> float | None:
         try:
             return float(v) if v not in ("", None) else None
@@ -624,8 +625,14 @@ def plot(
     top.set_ylabel("worker pods")
     top.set_ylim(bottom=0)
     top.set_title(title)
-    middle.plot(minutes, col("outstanding"), label="outstanding = KEDA formula",
-                color="black", lw=3, alpha=0.35)
+    middle.plot(
+        minutes,
+        col("outstanding"),
+        label="outstanding = KEDA formula",
+        color="black",
+        lw=3,
+        alpha=0.35,
+    )
     middle.plot(minutes, col("queued"), label="queued", lw=1.2)
     middle.plot(minutes, col("in_flight"), label="in flight", lw=1.2)
     scheduled = col("scheduled")
@@ -671,8 +678,10 @@ def describe(scenario: Scenario) -> list[str]:
     a, w, p, load = scenario.autoscaling, scenario.workers, scenario.providers, scenario.load
 
     def rules(r: ScalingRules) -> str:
-        pol = ", ".join(f"{x.value}{'%' if x.kind == 'Percent' else ' pods'}/{x.period_seconds}s"
-                        for x in r.policies)
+        pol = ", ".join(
+            f"{x.value}{'%' if x.kind == 'Percent' else ' pods'}/{x.period_seconds}s"
+            for x in r.policies
+        )
         return f"window {r.stabilization_seconds}s, {pol} ({r.select})"
 
     def budget(v: float | None) -> str:
@@ -691,4 +700,3 @@ def describe(scenario: Scenario) -> list[str]:
         f"providers: CNPJ {budget(p.cnpj_per_minute)} x {p.cnpj_lookups_per_batch:g}/batch, "
         f"Pluggy {budget(p.pluggy_per_minute)} x {p.pluggy_requests_per_batch:g}/batch",
     ]
-

@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     group.add_argument("-n", "--namespace", help="namespace (default: the context's, or default)")
     group.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     group.add_argument(
-        "--release", default=DEFAULT_RELEASE,
+        "--release",
+        default=DEFAULT_RELEASE,
         help="Helm release; selects app.kubernetes.io/instance=RELEASE and "
         f"app.kubernetes.io/component=worker (default: {DEFAULT_RELEASE})",
     )
@@ -48,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rgroup.add_argument("--unacked-key", default="unacked", help="kombu's unacked hash")
 
     status = sub.add_parser(
-        "status", parents=[cluster, backlog],
+        "status",
+        parents=[cluster, backlog],
         help="replicas, KEDA and HPA state, backlog parts, formula value, dead letters",
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -56,19 +58,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.set_defaults(handler=_status)
 
     pause = sub.add_parser(
-        "pause", parents=[cluster],
+        "pause",
+        parents=[cluster],
         help="pin the worker count: sets autoscaling.keda.sh/paused-replicas on the ScaledObject",
     )
     pause.add_argument("--replicas", type=_non_negative, required=True, help="pods to pin")
     pause.set_defaults(handler=_pause)
 
-    resume = sub.add_parser(
-        "resume", parents=[cluster], help="hand the worker count back to KEDA"
-    )
+    resume = sub.add_parser("resume", parents=[cluster], help="hand the worker count back to KEDA")
     resume.set_defaults(handler=_resume)
 
     scale = sub.add_parser(
-        "scale", parents=[cluster],
+        "scale",
+        parents=[cluster],
         help="set the worker Deployment's replicas (only when KEDA is off for the release)",
     )
     scale.add_argument("replicas", type=_non_negative)
@@ -77,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from cli import ops_record
 
     record = sub.add_parser(
-        "record", parents=[cluster, backlog],
+        "record",
+        parents=[cluster, backlog],
         help="sample replicas, backlog parts and provider budget use into CSV (and a PNG)",
     )
     ops_record.add_arguments(record)
@@ -101,8 +104,11 @@ def _target(args: argparse.Namespace) -> Any:
     from cli import ops_cluster
 
     return ops_cluster.connect(
-        kubeconfig=args.kubeconfig, context=args.context, namespace=args.namespace,
-        in_cluster=args.in_cluster, release=args.release,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
+        namespace=args.namespace,
+        in_cluster=args.in_cluster,
+        release=args.release,
     )
 
 
@@ -160,7 +166,8 @@ def collect_status(args: argparse.Namespace) -> dict[str, Any]:
         other = oc.hpas_for(target, dep_name)
         out["hpa"] = _hpa_summary(other[0]) if other else None
         out["autoscaling"] = (
-            f"HPA {other[0]['metadata']['name']} (not KEDA)" if other
+            f"HPA {other[0]['metadata']['name']} (not KEDA)"
+            if other
             else "off: no ScaledObject, replicas are set by hand (ops scale)"
         )
     out["queue"] = _queue_status(args, settings, keda, out["errors"])
@@ -173,16 +180,14 @@ def _hpa_summary(hpa: dict[str, Any]) -> dict[str, Any]:
     metric: dict[str, Any] | None = None
     for current in st.get("currentMetrics") or []:
         ext = current.get("external") or {}
-        value = (ext.get("current") or {})
+        value = ext.get("current") or {}
         metric = {
             "name": (ext.get("metric") or {}).get("name"),
             "averageValue": _quantity(value.get("averageValue")),
             "value": _quantity(value.get("value")),
         }
         break
-    targets = [
-        ((m.get("external") or {}).get("target") or {}) for m in spec.get("metrics") or []
-    ]
+    targets = [((m.get("external") or {}).get("target") or {}) for m in spec.get("metrics") or []]
     return {
         "name": hpa["metadata"]["name"],
         "min": spec.get("minReplicas"),
@@ -191,7 +196,8 @@ def _hpa_summary(hpa: dict[str, Any]) -> dict[str, Any]:
         "desired": st.get("desiredReplicas"),
         "metric": metric,
         "target": _quantity(targets[0].get("averageValue") or targets[0].get("value"))
-        if targets else None,
+        if targets
+        else None,
     }
 
 
@@ -305,10 +311,17 @@ def render_status(d: dict[str, Any]) -> str:
             ("  min / max", f"{so['min']} / {so['max']}"),
             ("  target per replica", v(so["target"])),
             ("  polling interval", f"{so['pollingInterval']} s"),
-            ("  paused", "yes" + (
-                f" (paused-replicas {so['pausedReplicas']})"
-                if so["pausedReplicas"] is not None else ""
-            ) if so["paused"] else "no"),
+            (
+                "  paused",
+                "yes"
+                + (
+                    f" (paused-replicas {so['pausedReplicas']})"
+                    if so["pausedReplicas"] is not None
+                    else ""
+                )
+                if so["paused"]
+                else "no",
+            ),
         ]
     else:
         rows.append(("scaledobject", "none"))
@@ -337,8 +350,12 @@ def render_status(d: dict[str, Any]) -> str:
         if "replicasForValue" in q:
             rows.append(("  replicas for that value", v(q["replicasForValue"])))
     dl = d["deadLetters"]
-    rows.append(("dead letters (OPEN)", v(dl.get("open")) if "open" in dl else
-                 f"unavailable: {dl['error']}"))
+    rows.append(
+        (
+            "dead letters (OPEN)",
+            v(dl.get("open")) if "open" in dl else f"unavailable: {dl['error']}",
+        )
+    )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {val}" for k, val in rows)
 
@@ -416,18 +433,33 @@ def _scale(args: argparse.Namespace) -> int:
 
 def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--values", action="append", type=Path, default=[],
+        "--values",
+        action="append",
+        type=Path,
+        default=[],
         help="values file layered on the chart's values.yaml, like helm -f (repeatable)",
     )
-    p.add_argument("--chart", type=Path, default=scaling.CHART_VALUES.parent,
-                   help="chart directory whose values.yaml gives the defaults")
+    p.add_argument(
+        "--chart",
+        type=Path,
+        default=scaling.CHART_VALUES.parent,
+        help="chart directory whose values.yaml gives the defaults",
+    )
     load = p.add_argument_group("load")
     load.add_argument("--condominiums", type=int, default=10_000)
     load.add_argument("--batches-per-condominium", type=int, default=1)
-    load.add_argument("--window-minutes", type=float, default=60.0,
-                      help="month-end window in which every condominium submits")
-    load.add_argument("--shape", choices=["month-end", "uniform", "burst"], default="month-end",
-                      help="month-end: ramps up to 2x average mid-window and down again")
+    load.add_argument(
+        "--window-minutes",
+        type=float,
+        default=60.0,
+        help="month-end window in which every condominium submits",
+    )
+    load.add_argument(
+        "--shape",
+        choices=["month-end", "uniform", "burst"],
+        default="month-end",
+        help="month-end: ramps up to 2x average mid-window and down again",
+    )
     k = p.add_argument_group("autoscaling (default: the chart's values)")
     k.add_argument("--min-replicas", type=int)
     k.add_argument("--max-replicas", type=int)
@@ -436,8 +468,11 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--sync-period", type=int, help="HPA sync period, seconds (15)")
     k.add_argument("--tolerance", type=float, help="HPA tolerance (0.1)")
     k.add_argument("--scale-down-window", type=int, help="scale-down stabilization, seconds")
-    k.add_argument("--cached-metrics", action="store_true",
-                   help="HPA sees KEDA's last poll (useCachedMetrics) instead of a live read")
+    k.add_argument(
+        "--cached-metrics",
+        action="store_true",
+        help="HPA sees KEDA's last poll (useCachedMetrics) instead of a live read",
+    )
     w = p.add_argument_group("workers")
     w.add_argument("--concurrency", type=int, help="Celery processes per pod")
     rate = w.add_mutually_exclusive_group()
@@ -446,8 +481,9 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument("--pod-startup", type=float, help="seconds from pod creation to ready")
     pr = p.add_argument_group("provider budgets (0 = unlimited)")
     pr.add_argument("--cnpj-per-minute", type=float)
-    pr.add_argument("--cnpj-lookups-per-batch", type=float,
-                    help="uncached supplier lookups one batch needs")
+    pr.add_argument(
+        "--cnpj-lookups-per-batch", type=float, help="uncached supplier lookups one batch needs"
+    )
     pr.add_argument("--pluggy-per-minute", type=float)
     pr.add_argument("--pluggy-requests-per-batch", type=float)
     out = p.add_argument_group("output")
@@ -500,8 +536,12 @@ def build_scenario(args: argparse.Namespace) -> scaling.Scenario:
         task_seconds = args.task_seconds
     elif args.pod_rate is not None:
         task_seconds = concurrency / args.pod_rate
-    w = replace(w, concurrency=concurrency, task_seconds=task_seconds,
-                pod_startup_seconds=pick(args.pod_startup, w.pod_startup_seconds))
+    w = replace(
+        w,
+        concurrency=concurrency,
+        task_seconds=task_seconds,
+        pod_startup_seconds=pick(args.pod_startup, w.pod_startup_seconds),
+    )
 
     def budget(value: float | None, default: float | None) -> float | None:
         if value is None:
@@ -513,8 +553,9 @@ def build_scenario(args: argparse.Namespace) -> scaling.Scenario:
         cnpj_per_minute=budget(args.cnpj_per_minute, pv.cnpj_per_minute),
         cnpj_lookups_per_batch=pick(args.cnpj_lookups_per_batch, pv.cnpj_lookups_per_batch),
         pluggy_per_minute=budget(args.pluggy_per_minute, pv.pluggy_per_minute),
-        pluggy_requests_per_batch=pick(args.pluggy_requests_per_batch,
-                                       pv.pluggy_requests_per_batch),
+        pluggy_requests_per_batch=pick(
+            args.pluggy_requests_per_batch, pv.pluggy_requests_per_batch
+        ),
     )
     load = scaling.Load(
         condominiums=args.condominiums,
@@ -533,8 +574,12 @@ def _simulate(args: argparse.Namespace) -> int:
     scenario = build_scenario(args)
     result = scaling.simulate(scenario, max_seconds=math.ceil(args.max_hours * 3600))
     if args.json:
-        print(json.dumps({"summary": asdict(result.summary),
-                          "parameters": scaling.describe(scenario)}, indent=2))
+        print(
+            json.dumps(
+                {"summary": asdict(result.summary), "parameters": scaling.describe(scenario)},
+                indent=2,
+            )
+        )
     else:
         print("\n".join(scaling.describe(scenario)))
         print()

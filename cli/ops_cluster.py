@@ -52,7 +52,11 @@ class Target:
 
 
 def connect(
-    *, kubeconfig: str | None, context: str | None, namespace: str | None, in_cluster: bool,
+    *,
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str | None,
+    in_cluster: bool,
     release: str,
 ) -> Target:
     """In-cluster config inside a pod (or with --in-cluster), else the kubeconfig."""
@@ -167,7 +171,8 @@ def hpas_for(target: Target, deployment: str) -> list[JsonDict]:
         )
     items = _plain(target, found).get("items") or []
     return [
-        h for h in items
+        h
+        for h in items
         if (h.get("spec") or {}).get("scaleTargetRef", {}).get("name") == deployment
         and (h.get("spec") or {}).get("scaleTargetRef", {}).get("kind") == "Deployment"
     ]
@@ -177,9 +182,9 @@ def keda_hpa(target: Target, so: Mapping[str, Any]) -> JsonDict | None:
     name = (so.get("status") or {}).get("hpaName") or f"keda-hpa-{so['metadata']['name']}"
     with api_errors(f"get horizontalpodautoscaler {name}", target):
         try:
-            found = client.AutoscalingV2Api(
-                target.api
-            ).read_namespaced_horizontal_pod_autoscaler(name, target.namespace)
+            found = client.AutoscalingV2Api(target.api).read_namespaced_horizontal_pod_autoscaler(
+                name, target.namespace
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -251,11 +256,19 @@ class Keda:
 
 
 _OPS: dict[type, Callable[..., float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.USub: operator.neg, ast.UAdd: operator.pos,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
 }
 _FUNCS: dict[str, Callable[..., float]] = {
-    "max": max, "min": min, "abs": abs, "ceil": math.ceil, "floor": math.floor,
+    "max": max,
+    "min": min,
+    "abs": abs,
+    "ceil": math.ceil,
+    "floor": math.floor,
 }
 
 
@@ -276,8 +289,10 @@ def evaluate_formula(formula: str, values: Mapping[str, float]) -> float:
         if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
             return _OPS[type(node.op)](ev(node.operand))
         if (
-            isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            and node.func.id in _FUNCS and not node.keywords
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS
+            and not node.keywords
         ):
             return float(_FUNCS[node.func.id](*(ev(a) for a in node.args)))
         raise ValueError("only arithmetic on trigger names is understood here")
@@ -305,15 +320,21 @@ def key_length(r: redis.Redis, key: str) -> int:
     kind = r.type(key)
     kind = kind.decode() if isinstance(kind, bytes) else str(kind)
     readers: dict[str, Callable[[str], Any]] = {
-        "list": r.llen, "hash": r.hlen, "set": r.scard, "zset": r.zcard,
+        "list": r.llen,
+        "hash": r.hlen,
+        "set": r.scard,
+        "zset": r.zcard,
     }
     reader = readers.get(kind)
     return int(reader(key)) if reader else 0
 
 
 def read_queue(
-    r: redis.Redis, queue: str, unacked_key: str = "unacked",
-    extra_keys: tuple[str, ...] = (), now: dt.datetime | None = None,
+    r: redis.Redis,
+    queue: str,
+    unacked_key: str = "unacked",
+    extra_keys: tuple[str, ...] = (),
+    now: dt.datetime | None = None,
 ) -> QueueParts:
     """Queued = the list; the unacked hash split by each message's Celery ``eta`` header."""
     now = now or dt.datetime.now(dt.UTC)

@@ -31,7 +31,10 @@ from audit.settings import Settings
 from cli.main import CliError
 
 COLUMNS: tuple[str, ...] = (
-    "wall_time", *scaling.CSV_COLUMNS, "cnpj_booked_seconds", "pluggy_booked_seconds"
+    "wall_time",
+    *scaling.CSV_COLUMNS,
+    "cnpj_booked_seconds",
+    "pluggy_booked_seconds",
 )
 _US = 1_000_000
 
@@ -41,13 +44,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, required=True, help="seconds to record")
     p.add_argument("--csv", type=Path, required=True, help="where to write the samples")
     p.add_argument("--png", type=Path, help="draw replicas and backlog over time when done")
-    p.add_argument("--cnpj-limiter-key", help="limiter key of the CNPJ budget "
-                   "(default: ratelimit:<first of CNPJ_PROVIDERS>)")
-    p.add_argument("--cnpj-rate", type=float,
-                   help="its rate per minute (default: the provider's *_RATE_PER_MINUTE setting)")
+    p.add_argument(
+        "--cnpj-limiter-key",
+        help="limiter key of the CNPJ budget (default: ratelimit:<first of CNPJ_PROVIDERS>)",
+    )
+    p.add_argument(
+        "--cnpj-rate",
+        type=float,
+        help="its rate per minute (default: the provider's *_RATE_PER_MINUTE setting)",
+    )
     p.add_argument("--pluggy-limiter-key", default="ratelimit:pluggy:transactions")
-    p.add_argument("--pluggy-rate", type=float,
-                   help="its rate per minute (default: PLUGGY_RATE_PER_MINUTE)")
+    p.add_argument(
+        "--pluggy-rate", type=float, help="its rate per minute (default: PLUGGY_RATE_PER_MINUTE)"
+    )
 
 
 @dataclass
@@ -108,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     print(
         f"recording {deployment} and queue {queue!r} every {args.interval:g} s for "
-        f"{args.duration:g} s into {args.csv}", file=sys.stderr,
+        f"{args.duration:g} s into {args.csv}",
+        file=sys.stderr,
     )
     with args.csv.open("w", newline="") as fh:
         import csv
@@ -122,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 if due - start > args.duration + 1e-9:
                     break
                 time.sleep(max(0.0, due - time.monotonic()))
-                row = _sample(target, deployment, r, queue, args.unacked_key, budgets,
-                              first=n == 0)
+                row = _sample(target, deployment, r, queue, args.unacked_key, budgets, first=n == 0)
                 row["t_seconds"] = round(time.monotonic() - start, 3)
                 rows.append(row)
                 writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
@@ -134,16 +143,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {len(rows)} samples to {args.csv}", file=sys.stderr)
     if args.png:
         peak = max((row["desired_replicas"] or 0 for row in rows), default=0)
-        scaling.plot(rows, args.png, f"recorded: {deployment}, peak {peak} pods",
-                     [f"namespace {target.namespace}, every {args.interval:g} s, "
-                      f"queue {queue}"])
+        scaling.plot(
+            rows,
+            args.png,
+            f"recorded: {deployment}, peak {peak} pods",
+            [f"namespace {target.namespace}, every {args.interval:g} s, queue {queue}"],
+        )
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
 
 def _sample(
-    target: Any, deployment: str, r: redis.Redis, queue: str, unacked_key: str,
-    budgets: list[_Budget], *, first: bool,
+    target: Any,
+    deployment: str,
+    r: redis.Redis,
+    queue: str,
+    unacked_key: str,
+    budgets: list[_Budget],
+    *,
+    first: bool,
 ) -> dict[str, Any]:
     """One row. The first sample fails loudly; later ones leave unreadable cells empty."""
     from cli import ops
@@ -169,8 +187,12 @@ def _sample(
         print(f"condo-audit: sample without cluster data: {exc}", file=sys.stderr)
     try:
         parts = oc.read_queue(r, queue, unacked_key)
-        row.update(queued=parts.queued, in_flight=parts.in_flight, scheduled=parts.scheduled,
-                   outstanding=parts.queued + parts.unacked)
+        row.update(
+            queued=parts.queued,
+            in_flight=parts.in_flight,
+            scheduled=parts.scheduled,
+            outstanding=parts.queued + parts.unacked,
+        )
         for b in budgets:
             used, booked = b.sample(r)
             row[f"{b.column}_per_minute_used"] = None if used is None else round(used, 2)

@@ -17,11 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
 from audit.auth import create_tenant, issue_key
-from audit.db import session_factory, session_scope, upgrade_database
+from audit.db import (
+    create_scratch_database,
+    drop_scratch_database,
+    postgres_unavailable,
+    session_scope,
+    upgrade_database,
+)
 from audit.providers.base import Registration, RegistrationStatus
 from audit.suppliers import upsert_registration
 from audit.workload import CondominiumMonth, Supplier
@@ -45,36 +50,19 @@ REGISTRATION_KEYS = ("legal_name", "status", "status_date", "opened_on", "main_c
 class Database:
     url: str
     admin_url: str | None = None  # set for a PostgreSQL database this run created
-    name: str | None = None
 
     @property
     def kind(self) -> str:
         return "postgresql" if self.url.startswith("postgresql") else "sqlite"
 
     def drop(self) -> None:
-        if self.admin_url is None or self.name is None:
-            return
-        session_factory.cache_clear()
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-                {"n": self.name},
-            )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{self.name}"'))
-        admin.dispose()
+        if self.admin_url is not None:
+            drop_scratch_database(self.admin_url, self.url)
 
 
 def postgres_reason(admin_url: str = POSTGRES_ADMIN_URL) -> str | None:
     """None when PostgreSQL answers, else why not."""
-    try:
-        engine = create_engine(admin_url, connect_args={"connect_timeout": 2})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-    except Exception as exc:
-        return f"PostgreSQL at {admin_url} does not answer ({type(exc).__name__})"
-    return None
+    return postgres_unavailable(admin_url)
 
 
 def fresh_database(kind: str, work: Path) -> Database:
@@ -84,13 +72,8 @@ def fresh_database(kind: str, work: Path) -> Database:
     if kind == "sqlite":
         database = Database(f"sqlite:///{work / 'condo-audit.db'}")
     else:
-        name = f"condo_audit_load_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-        url = make_url(POSTGRES_ADMIN_URL).set(database=name)
-        database = Database(url.render_as_string(hide_password=False), POSTGRES_ADMIN_URL, name)
+        url = create_scratch_database(POSTGRES_ADMIN_URL, "condo_audit_load")
+        database = Database(url, POSTGRES_ADMIN_URL)
     upgrade_database(database.url)
     return database
 

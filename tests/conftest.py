@@ -15,10 +15,15 @@ import httpx
 import pytest
 from redis import Redis
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from audit.auth import create_tenant, issue_key
-from audit.db import session_scope, upgrade_database
+from audit.db import (
+    create_scratch_database,
+    drop_scratch_database,
+    postgres_unavailable,
+    session_scope,
+    upgrade_database,
+)
 from cli.processes import (
     ManagedProcess,
     free_port,
@@ -49,14 +54,7 @@ def sqlite_url(directory: Path) -> str:
 
 def postgres_available() -> str | None:
     """None when the local PostgreSQL answers, else the reason to skip."""
-    try:
-        engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 2})
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        engine.dispose()
-    except Exception as exc:
-        return f"PostgreSQL at {POSTGRES_ADMIN_URL} does not answer ({type(exc).__name__})"
-    return None
+    return postgres_unavailable(POSTGRES_ADMIN_URL)
 
 
 @pytest.fixture(scope="session")
@@ -65,19 +63,9 @@ def postgres_database() -> Iterator[str]:
     reason = postgres_available()
     if reason is not None:
         pytest.skip(reason)
-    name = f"condo_audit_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    url = create_scratch_database(POSTGRES_ADMIN_URL, "condo_audit_test")
     yield url
-    with admin.connect() as connection:
-        connection.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
-            {"name": name},
-        )
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    drop_scratch_database(POSTGRES_ADMIN_URL, url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -303,18 +291,7 @@ def dedicated_postgres_url() -> Iterator[str]:
     reason = postgres_available()
     if reason is not None:
         pytest.skip(reason)
-    name = f"condo_audit_fault_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    url = create_scratch_database(POSTGRES_ADMIN_URL, "condo_audit_fault")
     upgrade_database(url)
     yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        connection.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
-            {"name": name},
-        )
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    drop_scratch_database(POSTGRES_ADMIN_URL, url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -15,9 +16,10 @@ from sqlalchemy import Engine, create_engine, insert, text
 from audit import models
 from audit.capacity import ROW_BYTES
 from audit.cnpj import normalize_cnpj
+from audit.db import create_scratch_database, drop_scratch_database, postgres_unavailable
 from audit.workload import WorkloadConfig, generate
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOLERANCE = 0.3
 
 pytestmark = pytest.mark.postgres
@@ -25,24 +27,17 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("select 1"))
-    except Exception as exc:  # any connection failure means: no PostgreSQL here
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 does not answer: {exc}")
-    name = f"condo_rowsizes_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = create_engine(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+    reason = postgres_unavailable(ADMIN_URL)
+    if reason is not None:
+        pytest.skip(reason)
+    url = create_scratch_database(ADMIN_URL, "condo_rowsizes")
+    db = create_engine(url)
     try:
         models.Base.metadata.create_all(db)
         yield db
     finally:
         db.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_scratch_database(ADMIN_URL, url)
 
 
 def _rows(condominiums: int) -> dict[str, list[dict[str, Any]]]:

@@ -7,20 +7,17 @@ import multiprocessing
 import os
 import random
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from redis import Redis
-from sqlalchemy import create_engine, func, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.cnpj import check_digits
-from audit.db import make_engine, upgrade_database
+from audit.db import make_engine
 from audit.models import SupplierRegistration
 from audit.providers.base import ProviderRejected, ProviderUnavailable, RateLimitWait
 from audit.providers.cnpj import MinhaReceitaLookup
@@ -62,47 +59,10 @@ def redis(redis_url: str, sim: SimulatorServer) -> Iterator[Redis]:
     client.close()
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A uniquely named database for this module, dropped afterwards."""
-    try:
-        admin = create_engine(
-            POSTGRES_ADMIN_URL,
-            isolation_level="AUTOCOMMIT",
-            connect_args={"connect_timeout": 2},
-        )
-        with admin.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_ADMIN_URL} does not answer ({type(exc).__name__})")
-    name = f"suppliers_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade_database(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(
-            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
-            {"n": name},
-        )
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'suppliers.db'}"
-        upgrade_database(url)
-        yield url
-        return
-    url = request.getfixturevalue("postgres_url")
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DELETE FROM supplier_registrations"))
-    engine.dispose()
-    yield url
+@pytest.fixture
+def db_url(database_url: str) -> str:
+    """A migrated, empty database: SQLite and PostgreSQL (tests/conftest.py)."""
+    return database_url
 
 
 def directory(
