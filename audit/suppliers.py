@@ -8,7 +8,6 @@ the others wait for its row to appear (single flight across processes and pods).
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.cnpj import InvalidCNPJ, normalize_cnpj
+from audit.fleetlock import FleetLocks
 from audit.models import SupplierRegistration
 from audit.observability import metrics
 from audit.providers.base import (
@@ -29,13 +29,6 @@ from audit.providers.base import (
     RegistrationStatus,
 )
 from audit.settings import Settings
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
@@ -122,7 +115,7 @@ class SupplierDirectory:
         self.wait = wait
         self.poll = poll
         self.prefix = prefix
-        self._release = redis.register_script(_RELEASE)
+        self.locks = FleetLocks(redis)
 
     @classmethod
     def from_settings(
@@ -175,9 +168,9 @@ class SupplierDirectory:
             return known
         metrics.SUPPLIER_CACHE.labels("miss").inc()
         while True:
-            token = secrets.token_hex(8)
             lock = self.prefix + canonical
-            if self.redis.set(lock, token, nx=True, px=int(self.lock_ttl * 1000)):
+            token = self.locks.try_acquire(lock, self.lock_ttl)
+            if token is not None:
                 try:
                     # Someone may have finished between our read and our lock.
                     known = self.cached([canonical]).get(canonical)
@@ -188,7 +181,7 @@ class SupplierDirectory:
                         upsert_registration(session, registration)
                     return registration
                 finally:
-                    self._release(keys=[lock], args=[token])
+                    self.locks.release(lock, token)
             # Another worker is fetching it: wait for its row (or for its lock to go).
             while self.redis.exists(lock):
                 if time.monotonic() >= deadline:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import secrets
 import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -18,6 +17,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from redis import Redis
 
+from audit.fleetlock import FleetLocks
 from audit.providers.base import (
     BankTransactionRecord,
     ProviderRejected,
@@ -27,15 +27,6 @@ from audit.providers.http import Budget, json_object, send
 
 BRASILIA = ZoneInfo("America/Sao_Paulo")
 PAGE_SIZE = 500  # Pluggy's maximum
-
-# Delete the shared key only if it is still the one that was refused (another worker may
-# already have stored a fresh one).
-_DELETE_IF_EQUAL = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -74,7 +65,7 @@ class PluggyTransactions:
         self.auth_wait_seconds = auth_wait_seconds
         self.key_name = key_name
         self.lock_name = f"{key_name}:lock"
-        self._delete_if_equal = redis.register_script(_DELETE_IF_EQUAL)
+        self.locks = FleetLocks(redis)
 
     # The fleet's key ---------------------------------------------------------------------
 
@@ -85,9 +76,8 @@ class PluggyTransactions:
             cached = _text(self.redis.get(self.key_name))
             if cached:
                 return cached
-            token = secrets.token_hex(8)
-            lock_ms = int(self.auth_wait_seconds * 1000)
-            if self.redis.set(self.lock_name, token, nx=True, px=lock_ms):
+            token = self.locks.try_acquire(self.lock_name, self.auth_wait_seconds)
+            if token is not None:
                 try:
                     cached = _text(self.redis.get(self.key_name))
                     if cached:
@@ -96,16 +86,15 @@ class PluggyTransactions:
                     self.redis.set(self.key_name, key, ex=max(1, int(self.key_reuse_seconds)))
                     return key
                 finally:
-                    self._release_lock(token)
+                    self.locks.release(self.lock_name, token)
             if time.monotonic() > deadline:
                 raise ProviderUnavailable(self.name, "another worker's authentication timed out")
             time.sleep(0.05)
 
     def forget_key(self, key: str) -> None:
-        self._delete_if_equal(keys=[self.key_name], args=[key])
-
-    def _release_lock(self, token: str) -> None:
-        self._delete_if_equal(keys=[self.lock_name], args=[token])
+        """Drop the shared key only if it is still the refused one (another worker may
+        already have stored a fresh one)."""
+        self.locks.delete_if_equal(self.key_name, key)
 
     def _authenticate(self) -> str:
         response = send(
