@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     # API
     max_batch_size: int = 1000
     max_request_bytes: int = 2_000_000
-    public_base_url: str = ""
     api_rate_per_minute: float | None = Field(
         default=3000.0, gt=0, description="API requests a minute per tenant; None = no limit."
     )
