@@ -59,6 +59,8 @@ def platform_env(redis_url: str, db: int, database_url: str, simulator_url: str)
         "MINHA_RECEITA_BASE_URL": f"{simulator_url}/minha-receita",
         "PLUGGY_BASE_URL": f"{simulator_url}/pluggy",
         "CNPJWS_RATE_PER_MINUTE": "600000",
+        "API_RATE_PER_MINUTE": "100000000",  # one tenant sends every request
+        "API_RATE_BURST": "100000",
         "METRICS_PORT": "0",
         "LOG_LEVEL": "WARNING",
     }
