@@ -29,7 +29,7 @@ from redis import Redis
 from audit.settings import Settings
 from audit.workload import WorkloadConfig, condominium_month
 from bench import profiling
-from loadtests.platform import create_tenants, start_platform
+from loadtests.platform import ONE_TENANT_LOAD_ENV, create_tenants, start_platform
 from worker.celery_app import PROCESS_BATCH_TASK, create_celery_app
 from worker.enqueue import PUBLISH_RETRY_POLICY
 
@@ -111,12 +111,11 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-enqueue-") as tmp:
-        # One tenant drives the whole load: lift its request budget (the limiter still runs).
         platform = start_platform(
             Path(tmp),
             database=args.database,
             api_workers=args.api_workers,
-            extra_env={"API_RATE_PER_MINUTE": "100000000", "API_RATE_BURST": "100000"},
+            extra_env=ONE_TENANT_LOAD_ENV,
         )
         try:
             key = create_tenants(platform.database.url, 1)[0]

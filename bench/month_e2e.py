@@ -33,6 +33,7 @@ from audit.workload import WorkloadConfig, condominium_month
 from bench.enqueue_throughput import _hammer
 from bench.worker_throughput import wait_until_done
 from loadtests.platform import (
+    ONE_TENANT_LOAD_ENV,
     ProviderLimits,
     create_tenants,
     seed_simulator,
@@ -71,7 +72,9 @@ def main() -> None:
     pages = sum(m.transaction_pages for m in months)
     processes = args.workers * args.concurrency
     with tempfile.TemporaryDirectory(prefix="bench-month-") as tmp:
-        platform = start_platform(Path(tmp), database=args.database, limits=limits)
+        platform = start_platform(
+            Path(tmp), database=args.database, limits=limits, extra_env=ONE_TENANT_LOAD_ENV
+        )
         try:
             seed_simulator(platform.simulator_url, months)
             key = create_tenants(platform.database.url, 1)[0]

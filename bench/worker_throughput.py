@@ -35,6 +35,7 @@ from bench import profiling
 from bench.enqueue_throughput import _hammer
 from bench.noop_task import NOOP_TASK
 from loadtests.platform import (
+    ONE_TENANT_LOAD_ENV,
     ProviderLimits,
     create_tenants,
     seed_simulator,
@@ -87,7 +88,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
-        platform = start_platform(Path(tmp), database=args.database, limits=NO_LIMITS)
+        platform = start_platform(
+            Path(tmp), database=args.database, limits=NO_LIMITS, extra_env=ONE_TENANT_LOAD_ENV
+        )
         try:
             config = WorkloadConfig(condominiums=args.batches, seed=11)
             months = [condominium_month(config, i) for i in range(args.batches)]
