@@ -95,12 +95,12 @@ def duplicate_payment(
     repeats.sort(key=lambda r: (r[0].expense_date, r[0].expense_id))
     first, first_reason, _ = repeats[0]
     if first_reason == "same_invoice":
-        what = f"a nota fiscal {expense.invoice_number}"
+        what = f"a nota fiscal {expense.invoice_number}, já lançada"
     else:
-        what = f"o valor {brl(expense.amount)}"
+        what = f"o valor {brl(expense.amount)}, já lançado"
     message = (
         f"Possível pagamento em duplicidade: a despesa {expense.external_id} repete {what} "
-        f"já lançado(a) para o mesmo fornecedor na despesa {first.external_id} de "
+        f"para o mesmo fornecedor na despesa {first.external_id} de "
         f"{br_date(first.expense_date)}"
         + (f" e em mais {len(repeats) - 1}." if len(repeats) > 1 else ".")
     )
