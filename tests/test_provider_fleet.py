@@ -131,7 +131,7 @@ def test_429_storms_and_outages_end_in_success_without_dead_letters(fleet: Platf
         sim.post(
             "/_sim/config",
             json={
-                "cnpjws": {"fail_next": 25, "fail_status": 429},
+                "cnpjws": {"fail_next": 12, "fail_status": 429},
                 "minha_receita": {"outage": True},
             },
         ).raise_for_status()
@@ -140,6 +140,7 @@ def test_429_storms_and_outages_end_in_success_without_dead_letters(fleet: Platf
     statuses = wait_all(fleet, tasks, timeout=150)
     assert {s["status"] for s in statuses} == {"SUCCESS"}
     assert dead_letters(fleet) == 0
+    assert cnpjws_stats(fleet)["by_status"].get("429") == 12  # the storm did happen
     with fleet.sim() as sim:
         sim.post("/_sim/config", json={"minha_receita": {"outage": False}}).raise_for_status()
         sim.post("/_sim/config", json={"cnpjws": {"outage_seconds": 6}}).raise_for_status()
