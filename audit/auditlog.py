@@ -19,6 +19,7 @@ class AuditEvent(StrEnum):
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
     REPLAYED = "replayed"
+    REQUEUED = "requeued"
     DISCARDED = "discarded"
     FINISHED = "finished"
 

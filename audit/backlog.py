@@ -48,3 +48,25 @@ def read_backlog(redis: Redis, queue: str, now: dt.datetime | None = None) -> Ba
         queued, unacked = pipe.execute()
     scheduled = sum(1 for raw in unacked if (eta := _eta(raw)) is not None and eta > now)
     return Backlog(queued=int(queued), in_flight=len(unacked) - scheduled, scheduled=scheduled)
+
+
+def _task_id(raw: bytes, unacked: bool) -> str | None:
+    try:
+        decoded = json.loads(raw)
+        message = decoded[0] if unacked else decoded
+        task_id = message.get("headers", {}).get("id")
+    except (ValueError, IndexError, AttributeError, TypeError):
+        return None
+    return str(task_id) if task_id else None
+
+
+def task_ids_in_broker(redis: Redis, queue: str) -> set[str]:
+    """Ids of every task the broker still holds: queued, or taken and not acknowledged."""
+    with redis.pipeline(transaction=True) as pipe:
+        pipe.lrange(queue, 0, -1)
+        pipe.hvals(UNACKED_HASH)
+        queued, unacked = pipe.execute()
+    ids = {_task_id(raw, unacked=False) for raw in queued}
+    ids |= {_task_id(raw, unacked=True) for raw in unacked}
+    ids.discard(None)
+    return {i for i in ids if i is not None}

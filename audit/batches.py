@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.auditlog import AuditEvent, AuditLogService
-from audit.models import Batch, Condominium, Expense, Finding
+from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding
 from audit.tracing_context import current_trace_id
 
 
@@ -159,3 +159,24 @@ def list_findings(
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     page = session.scalars(query.order_by(Finding.id).offset(offset).limit(limit))
     return list(page), total
+
+
+def quiet_unfinished_batches(session: Session, quiet_for: dt.timedelta) -> list[Batch]:
+    """Unfinished batches whose audit log has not moved for `quiet_for`: either waiting in
+    the queue, or lost with a broker that crashed before persisting their message."""
+    since = dt.datetime.now(dt.UTC) - quiet_for
+    last_activity = (
+        select(AuditLogEntry.batch_id, func.max(AuditLogEntry.created_at).label("last"))
+        .group_by(AuditLogEntry.batch_id)
+        .subquery()
+    )
+    query = (
+        select(Batch)
+        .join(last_activity, last_activity.c.batch_id == Batch.id)
+        .where(
+            Batch.status.in_([BatchStatus.PENDING, BatchStatus.STARTED, BatchStatus.RETRY]),
+            last_activity.c.last < since,
+        )
+        .order_by(Batch.submitted_at)
+    )
+    return list(session.scalars(query))

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "cli.keys",
     "cli.run",
     "cli.dlq",
+    "cli.batches",
     "cli.workload",
     "cli.capacity",
     "cli.ops",
