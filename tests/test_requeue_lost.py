@@ -59,8 +59,9 @@ def test_a_batch_lost_by_the_broker_is_requeued_once(
     assert task_ids_in_broker(redis, queue) == {lost, kept}
     # The broker loses one message, as a crash before its AOF fsync would.
     for raw in redis.lrange(queue, 0, -1):
-        if lost.encode() in raw:
-            redis.lrem(queue, 1, raw)
+        message = raw.decode() if isinstance(raw, bytes) else raw
+        if lost in message:
+            redis.lrem(queue, 1, message)
     assert task_ids_in_broker(redis, queue) == {kept}
 
     assert run_cli(platform, monkeypatch, "batches", "requeue-lost", "--quiet-minutes", "60") == 0
