@@ -158,6 +158,19 @@ def test_the_prometheus_rule_carries_the_platform_alerts() -> None:
     assert {"CondoAuditDeadLettersGrowing", "CondoAuditProvider429s"} <= names
 
 
+def test_a_cronjob_requeues_batches_the_broker_lost(objects: list[Obj]) -> None:
+    [cron] = [
+        c for c in cs.by_kind(objects, "CronJob") if c["metadata"]["name"].endswith("requeue-lost")
+    ]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [ctr] = pod["containers"]
+    assert ctr["command"][:3] == ["condo-audit", "batches", "requeue-lost"]
+    assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+    names = set(cs.env_of(ctr))
+    assert {"REDIS_URL", "DATABASE_URL"} <= names
+
+
 def test_prefork_workers_share_a_metrics_directory(objects: list[Obj]) -> None:
     worker = cs.container(cs.one(objects, "Deployment", "worker"), "worker")
     directory = cs.env_of(worker)["PROMETHEUS_MULTIPROC_DIR"]["value"]
