@@ -499,8 +499,7 @@ def build_scenario(args: argparse.Namespace) -> scaling.Scenario:
     if chart_values.exists():
         files.append(chart_values)
     else:
-        print(f"condo-audit: no {chart_values}; the chart's defaults are not used",
-              file=sys.stderr)
+        print(f"condo-audit: no {chart_values}; the chart's defaults are not used", file=sys.stderr)
     for f in args.values:
         if not f.exists():
             raise CliError(f"values file not found: {f}")
