@@ -378,7 +378,7 @@ def _fetch_many(redis_url: str, sim_url: str, fetches: int, out: Any) -> None:
 
 def test_pluggy_one_key_for_the_fleet(sim: SimulatorServer, redis: Redis, redis_url: str) -> None:
     """Done-means (5), token reuse: four processes starting together, one auth call."""
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     workers = [ctx.Process(target=_fetch_many, args=(redis_url, sim.url, 5, out)) for _ in range(4)]
     for worker in workers:
@@ -481,7 +481,7 @@ def test_429_storm_and_outage_end_in_success(
     sim.configure(
         cnpjws={"fail_next": 12, "fail_status": 429, "retry_after": True, "outage_seconds": 4}
     )
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     workers = [
         ctx.Process(

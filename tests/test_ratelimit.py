@@ -141,7 +141,7 @@ def test_many_processes_share_one_budget(
     seconds = 25.0
     config = {"minha_receita": {"rate_per_minute": rate, "window_seconds": window}}
     with SimulatorServer(config) as sim:
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
         workers = [
             ctx.Process(target=_hammer, args=(redis_url, sim.url, rate, max_wait, seconds, i, out))

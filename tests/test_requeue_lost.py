@@ -3,6 +3,9 @@ enqueued again by `condo-audit batches requeue-lost`; a batch still queued is le
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +13,6 @@ from redis import Redis
 
 from audit.backlog import task_ids_in_broker
 from audit.db import upgrade_database
-from cli.main import main
 from tests.conftest import Platform, launch_platform, sqlite_url
 from tests.helpers import active_registration, expense, make_cnpj
 
@@ -26,21 +28,19 @@ def idle_platform(
     running.stop()
 
 
-def run_cli(platform: Platform, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    for name in ("REDIS_URL", "DATABASE_URL", "AUDIT_QUEUE"):
-        monkeypatch.setenv(name, platform.env[name])
-    from audit.settings import get_settings
+def run_cli(platform: Platform, *argv: str) -> subprocess.CompletedProcess[str]:
+    """The real command line, in its own process, configured like the platform."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *argv],
+        env={**os.environ, **platform.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
 
-    get_settings.cache_clear()
-    try:
-        return main(list(argv))
-    finally:
-        get_settings.cache_clear()
 
-
-def test_a_batch_lost_by_the_broker_is_requeued_once(
-    idle_platform: Platform, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_batch_lost_by_the_broker_is_requeued_once(idle_platform: Platform) -> None:
     platform = idle_platform
     supplier = make_cnpj("requeue-supplier")
     with platform.sim() as sim:
@@ -64,14 +64,12 @@ def test_a_batch_lost_by_the_broker_is_requeued_once(
             redis.lrem(queue, 1, message)
     assert task_ids_in_broker(redis, queue) == {kept}
 
-    assert run_cli(platform, monkeypatch, "batches", "requeue-lost", "--quiet-minutes", "60") == 0
-    assert "requeued 0 of 0" in capsys.readouterr().out  # nothing quiet for that long yet
-    assert run_cli(platform, monkeypatch, "batches", "requeue-lost", "--quiet-minutes", "0",
-                   "--dry-run") == 0  # fmt: skip
-    assert "would requeue 1 of 2" in capsys.readouterr().out
+    quiet_hour = run_cli(platform, "batches", "requeue-lost", "--quiet-minutes", "60")
+    assert "requeued 0 of 0" in quiet_hour.stdout  # nothing quiet for that long yet
+    dry = run_cli(platform, "batches", "requeue-lost", "--quiet-minutes", "0", "--dry-run")
+    assert "would requeue 1 of 2" in dry.stdout
     assert task_ids_in_broker(redis, queue) == {kept}
-    assert run_cli(platform, monkeypatch, "batches", "requeue-lost", "--quiet-minutes", "0") == 0
-    out = capsys.readouterr().out
+    out = run_cli(platform, "batches", "requeue-lost", "--quiet-minutes", "0").stdout
     assert lost in out
     assert kept not in out
     assert task_ids_in_broker(redis, queue) == {lost, kept}

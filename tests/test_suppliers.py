@@ -185,7 +185,7 @@ def test_fifty_batches_sharing_twenty_unknown_cnpjs_cause_twenty_lookups(
     shared = [cnpj_from(100 + i) for i in range(20)]
     rng = random.Random(7)
     batches = [rng.sample(shared, 8) for _ in range(50)]
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     workers = [
         ctx.Process(target=_batches, args=(db_url, redis_url, sim.url, batches[p::4], out))
