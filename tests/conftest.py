@@ -32,6 +32,7 @@ from cli.processes import (
     start_simulator,
     start_worker,
 )
+from simulator.testing import RedisServer, SimulatorServer
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -295,3 +296,34 @@ def dedicated_postgres_url() -> Iterator[str]:
     upgrade_database(url)
     yield url
     drop_scratch_database(POSTGRES_ADMIN_URL, url)
+
+
+# Provider-level tests (test_providers, test_suppliers): a redis-server and a simulator of the
+# module's own, both reset before each test. Modules that need another setup define theirs.
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with RedisServer() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorServer]:
+    with SimulatorServer({"reference_date": "2026-06-30"}) as server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_url: str, sim: SimulatorServer) -> Iterator[Redis]:
+    client = Redis.from_url(redis_url)
+    client.flushdb()  # the module's private server only
+    sim.reset()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=2.0) as client:
+        yield client

@@ -24,6 +24,12 @@ def make_cnpj(seed: str, alphanumeric: bool = False) -> str:
     return base + check_digits(base)
 
 
+def cnpj_from(n: int) -> str:
+    """The n-th classic CNPJ of a simple numbered series (head office, 0001)."""
+    base = f"{n:08d}0001"
+    return base + check_digits(base)
+
+
 def active_registration(
     name: str = "Fornecedor Ativo Ltda", opened_on: str = "2010-03-01", cnae: str = "8121400"
 ) -> dict[str, Any]:

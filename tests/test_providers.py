@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +13,6 @@ import pytest
 from pydantic import SecretStr
 from redis import Redis
 
-from audit.cnpj import check_digits
 from audit.providers.base import (
     ProviderRateLimited,
     ProviderRejected,
@@ -29,39 +27,8 @@ from audit.providers.http import Budget, parse_release_time, parse_retry_after
 from audit.providers.pluggy import PluggyTransactions
 from audit.ratelimit import RateLimiter
 from audit.settings import Settings
-from simulator.testing import RedisServer, SimulatorServer, free_port
-
-
-def cnpj_from(n: int) -> str:
-    base = f"{n:08d}0001"
-    return base + check_digits(base)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with RedisServer() as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorServer]:
-    with SimulatorServer({"reference_date": "2026-06-30"}) as server:
-        yield server
-
-
-@pytest.fixture
-def redis(redis_url: str, sim: SimulatorServer) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    client.flushdb()  # this module's private server only
-    sim.reset()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=2.0) as client:
-        yield client
+from simulator.testing import SimulatorServer, free_port
+from tests.helpers import cnpj_from
 
 
 def settings_for(sim: SimulatorServer, **overrides: Any) -> Settings:

@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ from redis import Redis
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from audit.cnpj import check_digits
 from audit.db import make_engine
 from audit.models import SupplierRegistration
 from audit.providers.base import ProviderRejected, ProviderUnavailable, RateLimitWait
@@ -26,37 +24,12 @@ from audit.providers.http import Budget
 from audit.ratelimit import RateLimiter
 from audit.settings import Settings
 from audit.suppliers import SupplierDirectory
-from simulator.testing import RedisServer, SimulatorServer
+from simulator.testing import SimulatorServer
+from tests.helpers import cnpj_from
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def cnpj_from(n: int) -> str:
-    base = f"{n:08d}0001"
-    return base + check_digits(base)
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with RedisServer() as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorServer]:
-    with SimulatorServer({"reference_date": "2026-06-30"}) as server:
-        yield server
-
-
-@pytest.fixture
-def redis(redis_url: str, sim: SimulatorServer) -> Iterator[Redis]:
-    client = Redis.from_url(redis_url)
-    client.flushdb()  # this module's private server only
-    sim.reset()
-    yield client
-    client.close()
 
 
 @pytest.fixture

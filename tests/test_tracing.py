@@ -202,8 +202,10 @@ def test_a_dead_letter_keeps_its_trace_and_its_replay_links_back(
 
     # A run's span ends (and is exported) after the dead-letter span it holds: wait for both.
     spans = receiver.wait_for(
-        lambda got: any(s.trace_id == trace_id and s.name == "batch.dead_letter" for s in got)
-        and len(named([s for s in got if s.trace_id == trace_id], RUN)) >= 3
+        lambda got: (
+            any(s.trace_id == trace_id and s.name == "batch.dead_letter" for s in got)
+            and len(named([s for s in got if s.trace_id == trace_id], RUN)) >= 3
+        )
     )
     trace = [s for s in spans if s.trace_id == trace_id]
     (dead,) = named(trace, "batch.dead_letter")
