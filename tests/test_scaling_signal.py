@@ -104,8 +104,10 @@ def test_the_formula_equals_outstanding_work_while_busy(idle_platform: Platform)
         after = unfinished(platform)
         if before == after and before > 0:
             samples += 1
-            # A task that has committed SUCCESS is acknowledged a moment later.
-            assert 0 <= backlog.outstanding - before <= 2, (backlog, before)
+            # Two moments differ by up to the worker's concurrency: a task that has committed
+            # SUCCESS is acknowledged a moment later, and kombu moves a message from the list
+            # to the `unacked` hash in two steps.
+            assert abs(backlog.outstanding - before) <= 2, (backlog, before)
             exact += backlog.outstanding == before
             saw_both_parts |= backlog.queued > 0 and backlog.in_flight > 0
         time.sleep(0.05)
