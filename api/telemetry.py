@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from fastapi import FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
-from sqlalchemy import func, select
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from audit.db import session_factory
-from audit.models import DeadLetter
+from audit.deadletters import open_dead_letter_count
 from audit.observability import metrics
-from audit.observability.instrumentation import instrument_fastapi, instrument_sqlalchemy
+from audit.observability.instrumentation import enabled, instrument_sqlalchemy
 from audit.observability.logs import configure_logging
 from audit.observability.tracing import setup_tracing, shutdown_tracing
 from audit.settings import Settings
+from worker.enqueue import audit_backlog
 
 SERVICE_NAME = "condo-audit-api"
 # Probes and scrapes are neither traced nor counted: they would drown the real traffic.
@@ -79,13 +78,17 @@ class FlushTracesOnShutdown:
         await self.app(scope, receive, send_wrapper)
 
 
-def open_dead_letter_counter(database_url: str) -> Any:
-    def count() -> int:
-        with session_factory(database_url)() as session:
-            query = select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "OPEN")
-            return int(session.scalar(query) or 0)
+def instrument_fastapi(app: FastAPI, provider: TracerProvider, excluded_urls: str) -> None:
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    return count
+    if enabled("fastapi"):
+        # The per-message "http receive"/"http send" spans say nothing an operator needs.
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=provider,
+            excluded_urls=excluded_urls,
+            exclude_spans=["receive", "send"],
+        )
 
 
 def signal_collector(settings: Settings) -> metrics.SignalCollector:
@@ -95,11 +98,13 @@ def signal_collector(settings: Settings) -> metrics.SignalCollector:
         "pluggy:auth": settings.pluggy_rate_per_minute,
         "pluggy:transactions": settings.pluggy_rate_per_minute,
     }
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
     return metrics.SignalCollector(
-        Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0),
+        redis,
         settings.audit_queue,
+        lambda: audit_backlog(redis),
         budgets=budgets,
-        open_dead_letters=open_dead_letter_counter(settings.database_url),
+        open_dead_letters=lambda: open_dead_letter_count(settings.database_url),
         worker_ttl_seconds=3 * settings.worker_heartbeat_seconds,
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -11,7 +10,7 @@ from pathlib import Path
 import sqlalchemy
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event, make_url
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -67,36 +66,3 @@ def alembic_config(database_url: str) -> Config:
 def upgrade_database(database_url: str, revision: str = "head") -> None:
     """Bring the schema to `revision`; safe to run on every start."""
     command.upgrade(alembic_config(database_url), revision)
-
-
-def postgres_unavailable(admin_url: str) -> str | None:
-    """None when the PostgreSQL server at `admin_url` answers, else the reason it does not."""
-    try:
-        engine = sqlalchemy.create_engine(admin_url, connect_args={"connect_timeout": 2})
-        with engine.connect() as connection:
-            connection.execute(sqlalchemy.text("SELECT 1"))
-        engine.dispose()
-    except Exception as exc:  # any failure to connect means: no usable PostgreSQL
-        return f"PostgreSQL at {admin_url} does not answer ({type(exc).__name__})"
-    return None
-
-
-def create_scratch_database(admin_url: str, prefix: str) -> str:
-    """A new, empty PostgreSQL database next to `admin_url`'s, for a test or a benchmark run."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def drop_scratch_database(admin_url: str, database_url: str) -> None:
-    """Drop a database made by create_scratch_database, whoever is still connected."""
-    name = make_url(database_url).database
-    session_factory.cache_clear()
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()

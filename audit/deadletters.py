@@ -6,11 +6,12 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import BatchStatus
+from audit.db import session_factory
 from audit.models import AuditLogEntry, Batch, DeadLetter
 from audit.observability.tracing import replay_link, tracer
 
@@ -155,3 +156,10 @@ class DeadLetterService:
             return False
         self.audit_log.record(letter.batch_id, AuditEvent.DISCARDED, dead_letter_id=letter.id)
         return True
+
+
+def open_dead_letter_count(database_url: str) -> int:
+    """Dead letters waiting for a replay or a discard (the metrics gauge and `ops status`)."""
+    with session_factory(database_url)() as session:
+        query = select(func.count()).select_from(DeadLetter)
+        return int(session.scalar(query.where(DeadLetter.status == DeadLetterStatus.OPEN)) or 0)

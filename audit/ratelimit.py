@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -142,9 +143,31 @@ class RateLimiter:
 
     def next_slot_in(self, key: str) -> float:
         """Seconds until the budget's next free slot (0 when free now); for metrics and tests."""
-        raw = self.redis.get(self.prefix + key)
-        if raw is None:
-            return 0.0
-        seconds, micros = self.redis.time()
-        now_us = seconds * _US + micros
-        return max(0.0, (int(raw) - now_us) / _US)
+        return read_budgets(self.redis, [self.prefix + key])[self.prefix + key].ahead_seconds
+
+
+@dataclass(frozen=True)
+class BudgetReading:
+    """A budget's TAT against Redis' clock at one instant (both in microseconds)."""
+
+    now_us: int
+    tat_us: int | None  # None: the key expired, nothing is booked
+
+    @property
+    def ahead_seconds(self) -> float:
+        """How far ahead the next free slot is; 0 when a request would be granted now."""
+        return 0.0 if self.tat_us is None else max(0.0, (self.tat_us - self.now_us) / _US)
+
+
+def read_budgets(redis: Redis, keys: Sequence[str]) -> dict[str, BudgetReading]:
+    """The one reader of the limiter's keys (metrics, `ops record`, tests): one round trip."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.time()
+    for key in keys:
+        pipe.get(key)
+    (seconds, micros), *raws = pipe.execute()
+    now_us = int(seconds) * _US + int(micros)
+    return {
+        key: BudgetReading(now_us, None if raw is None else int(raw))
+        for key, raw in zip(keys, raws, strict=True)
+    }

@@ -27,9 +27,9 @@ import httpx
 from redis import Redis
 
 from audit.settings import Settings
-from audit.workload import WorkloadConfig, condominium_month
 from bench import profiling
 from loadtests.platform import ONE_TENANT_LOAD_ENV, create_tenants, start_platform
+from ops.workload import WorkloadConfig, condominium_month
 from worker.celery_app import PROCESS_BATCH_TASK, create_celery_app
 from worker.enqueue import PUBLISH_RETRY_POLICY
 

@@ -26,10 +26,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from audit.capacity import MEASURED_AUDIT_RATE_PER_PROCESS
 from audit.db import session_scope
 from audit.models import Batch
-from audit.workload import WorkloadConfig, condominium_month
 from bench.enqueue_throughput import _hammer
 from bench.worker_throughput import wait_until_done
 from loadtests.platform import (
@@ -40,6 +38,8 @@ from loadtests.platform import (
     start_platform,
     unique_suppliers,
 )
+from ops.capacity import MEASURED_AUDIT_RATE_PER_PROCESS
+from ops.workload import WorkloadConfig, condominium_month
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ from cli.processes import (
     start_simulator,
     start_worker,
 )
-from tests.otlp_receiver import OtlpReceiver, otlp_receiver
+from simulator.otlp_receiver import OtlpReceiver, otlp_receiver
 
 
 @dataclass

@@ -30,7 +30,6 @@ from sqlalchemy import func, select
 from audit.db import session_scope
 from audit.models import Batch
 from audit.settings import Settings
-from audit.workload import WorkloadConfig, condominium_month
 from bench import profiling
 from bench.enqueue_throughput import _hammer
 from bench.noop_task import NOOP_TASK
@@ -43,6 +42,7 @@ from loadtests.platform import (
     unique_suppliers,
     warm_supplier_cache,
 )
+from ops.workload import WorkloadConfig, condominium_month
 from worker.celery_app import create_celery_app
 
 NO_LIMITS = ProviderLimits(

@@ -15,11 +15,11 @@ import datetime as dt
 from redis import Redis
 
 from audit.auditlog import AuditEvent, AuditLogService
-from audit.backlog import task_ids_in_broker
 from audit.batches import quiet_unfinished_batches
 from audit.db import session_scope
 from audit.settings import get_settings
 from cli.main import CliError
+from worker.broker import task_ids_in_broker
 from worker.enqueue import EnqueueFailed, enqueue_batch
 
 

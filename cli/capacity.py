@@ -10,8 +10,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from audit.capacity import CapacityInputs, render, size
 from cli.main import CliError
+from ops.capacity import CapacityInputs, render, size
 
 # Flags whose value comes from a workload manifest's summary when --workload is given.
 _FROM_WORKLOAD: dict[str, Callable[[dict[str, Any]], float]] = {

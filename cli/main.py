@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
+from ops import OpsError
+
 # Modules that expose `register(subparsers)`; each adds its own sub-commands.
 COMMAND_MODULES = (
     "cli.db",
@@ -18,6 +20,10 @@ COMMAND_MODULES = (
     "cli.capacity",
     "cli.ops",
 )
+
+
+# Third-party modules of the `ops` extra, which the container image does not install.
+OPS_EXTRA_MODULES = frozenset({"kubernetes", "matplotlib", "yaml"})
 
 
 class CliError(Exception):
@@ -33,12 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; user-facing errors become one line on stderr and exit 2."""
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except CliError as exc:
+    except (CliError, OpsError) as exc:
         print(f"condo-audit: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in OPS_EXTRA_MODULES:
+            raise
+        print(
+            f"condo-audit: this command needs the operations tools ({exc.name} is not "
+            "installed): pip install 'condo-audit[ops]'",
+            file=sys.stderr,
+        )
         return 2
 
 

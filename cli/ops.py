@@ -2,7 +2,7 @@
 
 status / pause / resume / scale talk to the cluster with the official Kubernetes client;
 record samples a live cluster during a load test; simulate replays a month-end peak through
-KEDA and the HPA without any cluster (audit.scaling).
+KEDA and the HPA without any cluster (ops.scaling).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from audit import scaling
 from audit.settings import Settings
 from cli.main import CliError
+from ops import scaling
 
 DEFAULT_RELEASE = "condo-audit"
 
@@ -101,9 +101,9 @@ def _non_negative(text: str) -> int:
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from cli import ops_cluster
+    from ops import cluster
 
-    return ops_cluster.connect(
+    return cluster.connect(
         kubeconfig=args.kubeconfig,
         context=args.context,
         namespace=args.namespace,
@@ -117,7 +117,7 @@ def _target(args: argparse.Namespace) -> Any:
 
 def collect_status(args: argparse.Namespace) -> dict[str, Any]:
     """Everything `ops status` shows, as one JSON-ready dict; problems go under "errors"."""
-    from cli import ops_cluster as oc
+    from ops import cluster as oc
 
     settings = Settings()
     target = _target(args)
@@ -214,32 +214,33 @@ def _queue_status(
 ) -> dict[str, Any]:
     import redis
 
-    from cli import ops_cluster as oc
+    from ops import cluster as oc
+    from worker.broker import read_backlog
 
     url = args.redis_url or settings.redis_url
     queue = args.queue or settings.audit_queue
     try:
         r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         keys = tuple(keda.triggers.values()) if keda else ()
-        parts = oc.read_queue(r, queue, args.unacked_key, keys)
+        parts = read_backlog(r, queue, unacked_key=args.unacked_key, extra_keys=keys)
     except (redis.RedisError, OSError) as exc:
         errors.append(f"Redis at {_safe_url(url)}: {exc}")
         return {"error": str(exc)}
     if keda and keda.formula and keda.triggers:
-        values = {name: parts.key_values.get(key, 0) for name, key in keda.triggers.items()}
+        values = {name: parts.key_lengths.get(key, 0) for name, key in keda.triggers.items()}
         formula = keda.formula
         try:
             value = oc.evaluate_formula(formula, values)
         except (ValueError, SyntaxError, ZeroDivisionError) as exc:
             errors.append(f"formula {formula!r} not evaluated here: {exc}")
-            value = float(parts.queued + parts.unacked)
+            value = float(parts.outstanding)
     elif keda and keda.triggers:
         # Without scalingModifiers the HPA averages per trigger and takes the largest.
         formula = "max(" + ", ".join(keda.triggers) + ")"
-        value = float(max(parts.key_values.get(k, 0) for k in keda.triggers.values()))
+        value = float(max(parts.key_lengths.get(k, 0) for k in keda.triggers.values()))
     else:
         formula = f"{queue} + {args.unacked_key} (the chart's formula; no ScaledObject)"
-        value = float(parts.queued + parts.unacked)
+        value = float(parts.outstanding)
     result: dict[str, Any] = {
         "queue": queue,
         "queued": parts.queued,
@@ -260,10 +261,10 @@ def _dead_letters(args: argparse.Namespace, settings: Settings, errors: list[str
         return {"error": "database file not found"}
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cli import ops_cluster as oc
+    from audit.deadletters import open_dead_letter_count
 
     try:
-        return {"open": oc.open_dead_letters(url)}
+        return {"open": open_dead_letter_count(url)}
     except SQLAlchemyError as exc:
         reason = str(exc).splitlines()[0]
         errors.append(f"dead letters from {_safe_url(url)}: {reason}")
@@ -364,7 +365,7 @@ def render_status(d: dict[str, Any]) -> str:
 
 
 def _pause(args: argparse.Namespace) -> int:
-    from cli import ops_cluster as oc
+    from ops import cluster as oc
 
     target = _target(args)
     dep = oc.worker_deployment(target)["metadata"]["name"]
@@ -385,7 +386,7 @@ def _pause(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from cli import ops_cluster as oc
+    from ops import cluster as oc
 
     target = _target(args)
     dep = oc.worker_deployment(target)["metadata"]["name"]
@@ -406,7 +407,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from cli import ops_cluster as oc
+    from ops import cluster as oc
 
     target = _target(args)
     dep = oc.worker_deployment(target)["metadata"]["name"]

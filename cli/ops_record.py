@@ -3,7 +3,7 @@
 Every interval it reads the worker Deployment (desired and ready replicas), the HPA's current
 metric, the backlog parts from Redis and the fleet-wide limiter's budgets. Rows are flushed as
 they are taken, so stopping with Ctrl-C keeps what was recorded. The CSV has the simulator's
-columns (audit.scaling.CSV_COLUMNS), so one plot draws both; values a cluster cannot tell
+columns (ops.scaling.CSV_COLUMNS), so one plot draws both; values a cluster cannot tell
 (arrivals, completions) stay empty.
 
 Provider budget use comes from the limiter's GCRA keys (audit/ratelimit.py): each key holds the
@@ -26,9 +26,11 @@ from typing import Any
 
 import redis
 
-from audit import scaling
+from audit.ratelimit import read_budgets
 from audit.settings import Settings
 from cli.main import CliError
+from ops import OpsError, scaling
+from worker.broker import read_backlog
 
 COLUMNS: tuple[str, ...] = (
     "wall_time",
@@ -69,11 +71,10 @@ class _Budget:
 
     def sample(self, r: redis.Redis) -> tuple[float | None, float | None]:
         """(requests per minute since the last sample or None, seconds booked ahead)."""
-        raw = r.get(self.key)
-        seconds, micros = r.time()
-        now = int(seconds) * _US + int(micros)
-        tat = int(raw) if raw is not None else now
-        booked = max(0, tat - now) / _US
+        reading = read_budgets(r, [self.key])[self.key]
+        now = reading.now_us
+        tat = reading.tat_us if reading.tat_us is not None else now
+        booked = reading.ahead_seconds
         used: float | None = None
         if self.last is not None and self.rate_per_minute:
             last_tat, last_now = self.last
@@ -102,7 +103,7 @@ def _budgets(args: argparse.Namespace, settings: Settings) -> list[_Budget]:
 
 def run(args: argparse.Namespace) -> int:
     from cli import ops
-    from cli import ops_cluster as oc
+    from ops import cluster as oc
 
     if args.interval <= 0 or args.duration <= 0:
         raise CliError("--interval and --duration must be positive")
@@ -165,7 +166,7 @@ def _sample(
 ) -> dict[str, Any]:
     """One row. The first sample fails loudly; later ones leave unreadable cells empty."""
     from cli import ops
-    from cli import ops_cluster as oc
+    from ops import cluster as oc
 
     row: dict[str, Any] = {"wall_time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     try:
@@ -181,17 +182,17 @@ def _sample(
                 row["metric"] = metric["averageValue"] * summary["current"]
             elif metric.get("value") is not None:
                 row["metric"] = metric["value"]
-    except CliError as exc:
+    except (CliError, OpsError) as exc:
         if first:
             raise
         print(f"condo-audit: sample without cluster data: {exc}", file=sys.stderr)
     try:
-        parts = oc.read_queue(r, queue, unacked_key)
+        parts = read_backlog(r, queue, unacked_key=unacked_key)
         row.update(
             queued=parts.queued,
             in_flight=parts.in_flight,
             scheduled=parts.scheduled,
-            outstanding=parts.queued + parts.unacked,
+            outstanding=parts.outstanding,
         )
         for b in budgets:
             used, booked = b.sample(r)

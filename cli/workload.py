@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
-from audit.workload import PAGE_SIZE, PLANT_KINDS, WorkloadConfig, WorkloadStats, generate
+from ops.workload import PAGE_SIZE, PLANT_KINDS, WorkloadConfig, WorkloadStats, generate
 
 FILES = {
     "condominiums": "condominiums.jsonl",

@@ -20,9 +20,9 @@ from gevent import sleep  # type: ignore[import-untyped]
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
-from audit.workload import WorkloadConfig, condominium_month
 from loadtests.shape import MonthEndPeak
 from loadtests.slo import E2E_TYPE
+from ops.workload import WorkloadConfig, condominium_month
 
 PLAN: dict[str, Any] = json.loads(Path(os.environ["LOADTEST_PLAN"]).read_text(encoding="utf-8"))
 CONFIG = WorkloadConfig(**PLAN["workload"])

@@ -21,15 +21,11 @@ from sqlalchemy import text
 
 from audit.auth import create_tenant, issue_key
 from audit.db import (
-    create_scratch_database,
-    drop_scratch_database,
-    postgres_unavailable,
     session_scope,
     upgrade_database,
 )
 from audit.providers.base import Registration, RegistrationStatus
 from audit.suppliers import upsert_registration
-from audit.workload import CondominiumMonth, Supplier
 from cli.processes import (
     ManagedProcess,
     free_port,
@@ -38,6 +34,8 @@ from cli.processes import (
     start_simulator,
     start_worker,
 )
+from ops.scratchdb import create_scratch_database, drop_scratch_database, postgres_unavailable
+from ops.workload import CondominiumMonth, Supplier
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -33,7 +33,6 @@ from typing import Any
 
 import httpx
 
-from audit.workload import WorkloadConfig, condominium_month
 from cli.processes import spawn
 from loadtests import slo
 from loadtests.platform import (
@@ -48,6 +47,7 @@ from loadtests.platform import (
     unique_suppliers,
     warm_supplier_cache,
 )
+from ops.workload import WorkloadConfig, condominium_month
 
 REPORTS = ROOT / "loadtests" / "reports"
 PRODUCTION_CONDOMINIUMS = 10_000

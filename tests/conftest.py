@@ -18,9 +18,6 @@ from sqlalchemy import create_engine, text
 
 from audit.auth import create_tenant, issue_key
 from audit.db import (
-    create_scratch_database,
-    drop_scratch_database,
-    postgres_unavailable,
     session_scope,
     upgrade_database,
 )
@@ -32,6 +29,7 @@ from cli.processes import (
     start_simulator,
     start_worker,
 )
+from ops.scratchdb import create_scratch_database, drop_scratch_database, postgres_unavailable
 from simulator.testing import RedisServer, SimulatorServer
 
 POSTGRES_ADMIN_URL = os.environ.get(

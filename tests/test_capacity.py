@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from audit.capacity import (
+from cli import capacity, workload
+from cli.main import CliError
+from ops.capacity import (
     AUDIT_RATE_IS_PLACEHOLDER,
     MESSAGE_BYTES_PER_CARRIED_EXPENSE,
     ROW_BYTES,
     CapacityInputs,
     size,
 )
-from cli import capacity, workload
-from cli.main import CliError
 
 # 100 condominiums x 40 expenses = 4,000 expenses; 10% unique = 400 CNPJs, 25% cached ->
 # 300 lookups at 60/min = 300 s; 100 pages at 60/min = 100 s; 4,000 expenses at 10/s =

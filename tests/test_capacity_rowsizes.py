@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import Engine, create_engine, insert, text
 
 from audit import models
-from audit.capacity import ROW_BYTES
 from audit.cnpj import normalize_cnpj
-from audit.db import create_scratch_database, drop_scratch_database, postgres_unavailable
-from audit.workload import WorkloadConfig, generate
+from ops.capacity import ROW_BYTES
+from ops.scratchdb import create_scratch_database, drop_scratch_database, postgres_unavailable
+from ops.workload import WorkloadConfig, generate
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOLERANCE = 0.3

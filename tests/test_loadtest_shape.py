@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from audit.capacity import CapacityInputs
 from loadtests.run import PRODUCTION_CONDOMINIUMS, PROFILES, scaling_note
 from loadtests.shape import MonthEndPeak
+from ops.capacity import CapacityInputs
 
 
 def test_every_condominium_submits_within_the_window() -> None:

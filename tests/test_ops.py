@@ -28,7 +28,7 @@ import redis
 from audit import models
 from audit.db import session_scope, upgrade_database
 from cli import ops
-from cli.main import CliError
+from cli.main import run
 from tests.kube_standin import (
     NAMESPACE,
     RELEASE,
@@ -53,12 +53,7 @@ def run_cli(argv: Sequence[str]) -> tuple[int, str, str]:
     ops.register(parser.add_subparsers(dest="command", required=True))
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        args = parser.parse_args(list(argv))
-        try:
-            code = args.handler(args)
-        except CliError as exc:
-            print(f"condo-audit: {exc}", file=err)
-            code = 2
+        code = run(parser.parse_args(list(argv)))
     return code, out.getvalue(), err.getvalue()
 
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from audit.backlog import task_ids_in_broker
 from audit.db import upgrade_database
 from tests.conftest import Platform, launch_platform, sqlite_url
 from tests.helpers import active_registration, expense, make_cnpj
+from worker.broker import task_ids_in_broker
 
 
 @pytest.fixture

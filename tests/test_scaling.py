@@ -1,7 +1,7 @@
 """The scaling simulator against cases worked out by hand, and its command.
 
 Each case uses round numbers so the expected replicas and times follow from the rules the
-simulator models (see audit/scaling.py): KEDA hands the HPA the outstanding work; the HPA
+simulator models (see ops/scaling.py): KEDA hands the HPA the outstanding work; the HPA
 proposes ceil(outstanding / target) outside a 10% tolerance, keeps the highest recommendation
 of the scale-down window, and moves no faster than its policies allow.
 """
@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audit import scaling
-from audit.scaling import (
+from cli import ops
+from cli.main import CliError
+from ops import scaling
+from ops.scaling import (
     Autoscaling,
     Load,
     Providers,
@@ -29,8 +31,6 @@ from audit.scaling import (
     Workers,
     simulate,
 )
-from cli import ops
-from cli.main import CliError
 
 UNLIMITED = Providers(cnpj_per_minute=None, pluggy_per_minute=None)
 

@@ -14,11 +14,11 @@ import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
-from audit.backlog import read_backlog
 from audit.db import session_scope, upgrade_database
 from audit.models import Batch, Finding
 from tests.conftest import Platform, launch_platform, sqlite_url
 from tests.helpers import expense, make_cnpj
+from worker.broker import read_backlog
 
 
 @pytest.fixture

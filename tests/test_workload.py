@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from audit.cnpj import normalize_cnpj
-from audit.workload import (
+from ops.workload import (
     CATEGORIES,
     PLANT_KINDS,
     CondominiumMonth,

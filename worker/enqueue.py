@@ -1,8 +1,12 @@
-"""Enqueue audit work by task name: the API and the CLI use this, never the task objects."""
+"""The API's one door to the worker side: enqueue audit work by task name, and read how
+much of it is outstanding. The API and the CLI use this, never the task objects."""
 
 from __future__ import annotations
 
+from redis import Redis
+
 from audit.observability.tracing import publish_span
+from worker.broker import Backlog, read_backlog
 from worker.celery_app import PROCESS_BATCH_TASK, app
 
 # Fail fast when Redis is down: the caller answers 503 instead of hanging.
@@ -27,3 +31,8 @@ def enqueue_batch(batch_id: str) -> None:
             )
     except Exception as exc:  # kombu raises several connection error types
         raise EnqueueFailed(f"could not reach the queue: {type(exc).__name__}") from exc
+
+
+def audit_backlog(redis: Redis) -> Backlog:
+    """The audit queue's outstanding work, as KEDA counts it (for the API's /metrics)."""
+    return read_backlog(redis, app.conf.task_default_queue)

@@ -16,12 +16,13 @@ import threading
 from typing import Any
 
 from celery import Celery, signals
+from opentelemetry.sdk.trace import TracerProvider
 from redis import Redis
 from redis.exceptions import RedisError
 
 from audit.observability import metrics
 from audit.observability.instrumentation import (
-    instrument_celery,
+    enabled,
     instrument_httpx,
     instrument_sqlalchemy,
 )
@@ -151,3 +152,12 @@ def install(app: Celery) -> None:
     signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
     signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
+
+
+def instrument_celery(provider: TracerProvider) -> None:
+    """Only where tasks run: see audit.observability.tracing.publish_span for the API."""
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+    if enabled("celery") and not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument(tracer_provider=provider)

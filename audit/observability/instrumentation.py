@@ -1,4 +1,5 @@
-"""The standard instrumentations both processes share, installed only when tracing is on."""
+"""The instrumentations the API and the worker share (database, HTTP clients), installed
+only when tracing is on; each framework's own lives beside it (api/ and worker/)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
@@ -43,26 +43,4 @@ def instrument_httpx(provider: TracerProvider) -> None:
 
     instrumentor = HTTPXClientInstrumentor()
     if enabled("httpx") and not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument(tracer_provider=provider)
-
-
-def instrument_fastapi(app: FastAPI, provider: TracerProvider, excluded_urls: str) -> None:
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    if enabled("fastapi"):
-        # The per-message "http receive"/"http send" spans say nothing an operator needs.
-        FastAPIInstrumentor.instrument_app(
-            app,
-            tracer_provider=provider,
-            excluded_urls=excluded_urls,
-            exclude_spans=["receive", "send"],
-        )
-
-
-def instrument_celery(provider: TracerProvider) -> None:
-    """Only where tasks run: see audit.observability.tracing.publish_span for the API."""
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-
-    instrumentor = CeleryInstrumentor()  # type: ignore[no-untyped-call]
-    if enabled("celery") and not instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.instrument(tracer_provider=provider)

@@ -12,12 +12,10 @@ an operator sees are the numbers the autoscaler acts on.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -126,47 +124,44 @@ def clean_multiprocess_dir(keep_pid: int) -> None:
             os.remove(os.path.join(directory, name))
 
 
-def _eta(raw: bytes | str) -> dt.datetime | None:
-    """The `eta` header of a message in kombu's `unacked` hash ([message, exchange, key])."""
-    try:
-        message = json.loads(raw)[0]
-        eta = message.get("headers", {}).get("eta")
-    except (ValueError, TypeError, IndexError, AttributeError):
-        return None
-    if not eta:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(eta)
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+class BacklogReading(Protocol):
+    """What the broker reader (worker.broker.Backlog) reports; the domain never parses it."""
+
+    @property
+    def queued(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def scheduled(self) -> int: ...
+    @property
+    def outstanding(self) -> int: ...
 
 
 class SignalCollector(Collector):
     """The autoscaling signal and fleet state, read at scrape time.
 
-    queued: LLEN of the queue list; in_flight and scheduled: the entries of kombu's
-    `unacked` hash, split on whether the message's eta (a retry's countdown) is still in
-    the future; outstanding: LLEN + HLEN, exactly what the KEDA triggers add up.
+    The queue's parts come from `read_backlog` (the broker module's reader, injected so the
+    domain never parses kombu's layout): queued, in_flight, scheduled, and outstanding, exactly
+    what the KEDA triggers add up.
     """
 
     def __init__(
         self,
         redis: Redis,
         queue: str,
+        read_backlog: Callable[[], BacklogReading],
         *,
         budgets: dict[str, float | None] | None = None,
         open_dead_letters: Callable[[], int] | None = None,
         worker_ttl_seconds: float = 30.0,
-        unacked_key: str = "unacked",
         ratelimit_prefix: str = "ratelimit:",
     ) -> None:
         self.redis = redis
         self.queue = queue
+        self.read_backlog = read_backlog
         self.budgets = budgets or {}
         self.open_dead_letters = open_dead_letters
         self.worker_ttl_seconds = worker_ttl_seconds
-        self.unacked_key = unacked_key
         self.ratelimit_prefix = ratelimit_prefix
 
     def describe(self) -> Iterable[Any]:
@@ -196,23 +191,9 @@ class SignalCollector(Collector):
         yield up
 
     def _queue_and_workers(self) -> Iterator[GaugeMetricFamily]:
-        # Redis' clock, like the limiter's: the hosts' clocks never matter.
-        seconds, micros = self.redis.time()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(self.queue)
-        pipe.hvals(self.unacked_key)
-        pipe.zcount(WORKERS_KEY, seconds - self.worker_ttl_seconds, "+inf")
-        budget_names = sorted(self.budgets)
-        for name in budget_names:
-            pipe.get(self.ratelimit_prefix + name)
-        queued, unacked, workers, *tats = pipe.execute()
-        now = dt.datetime.fromtimestamp(seconds + micros / 1e6, dt.UTC)
-        scheduled = 0
-        for raw in unacked:
-            eta = _eta(raw)
-            if eta is not None and eta > now:
-                scheduled += 1
-        in_flight = len(unacked) - scheduled
+        backlog = self.read_backlog()
+        seconds, _ = self.redis.time()  # Redis' clock, like the limiter's and the heartbeats'
+        workers = self.redis.zcount(WORKERS_KEY, seconds - self.worker_ttl_seconds, "+inf")
 
         parts = GaugeMetricFamily(
             f"{PREFIX}_queue_messages",
@@ -220,16 +201,16 @@ class SignalCollector(Collector):
             "worker), scheduled (a retry waiting for its eta)",
             labels=["queue", "state"],
         )
-        parts.add_metric([self.queue, "queued"], queued)
-        parts.add_metric([self.queue, "in_flight"], in_flight)
-        parts.add_metric([self.queue, "scheduled"], scheduled)
+        parts.add_metric([self.queue, "queued"], backlog.queued)
+        parts.add_metric([self.queue, "in_flight"], backlog.in_flight)
+        parts.add_metric([self.queue, "scheduled"], backlog.scheduled)
         yield parts
         outstanding = GaugeMetricFamily(
             f"{PREFIX}_queue_outstanding",
             "LLEN(queue) + HLEN(unacked): the sum KEDA scales the workers on",
             labels=["queue"],
         )
-        outstanding.add_metric([self.queue], queued + len(unacked))
+        outstanding.add_metric([self.queue], backlog.outstanding)
         yield outstanding
 
         live = GaugeMetricFamily(
@@ -238,26 +219,28 @@ class SignalCollector(Collector):
         live.add_metric([], workers)
         yield live
 
+        budget_names = sorted(self.budgets)
         if budget_names:
-            now_us = seconds * 1_000_000 + micros
+            from audit.ratelimit import read_budgets  # the limiter records into these metrics
+
+            readings = read_budgets(self.redis, [self.ratelimit_prefix + n for n in budget_names])
             rate = GaugeMetricFamily(
                 f"{PREFIX}_ratelimit_budget_per_minute",
                 "Configured fleet-wide budget, requests per minute",
                 labels=["budget"],
             )
-            backlog = GaugeMetricFamily(
+            ahead = GaugeMetricFamily(
                 f"{PREFIX}_ratelimit_backlog_seconds",
                 "How far ahead the budget's next free slot is (0: free now)",
                 labels=["budget"],
             )
-            for name, tat in zip(budget_names, tats, strict=True):
+            for name in budget_names:
                 per_minute = self.budgets[name]
                 if per_minute is not None:
                     rate.add_metric([name], per_minute)
-                ahead = max(0.0, (int(tat) - now_us) / 1e6) if tat is not None else 0.0
-                backlog.add_metric([name], ahead)
+                ahead.add_metric([name], readings[self.ratelimit_prefix + name].ahead_seconds)
             yield rate
-            yield backlog
+            yield ahead
 
 
 def heartbeat(redis: Redis, hostname: str, ttl_seconds: float) -> None:

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 PolicyKind = Literal["Pods", "Percent"]
 SelectPolicy = Literal["Max", "Min", "Disabled"]
 Shape = Literal["uniform", "month-end", "burst"]
@@ -485,6 +483,8 @@ def _summarize(
 
 def load_values(paths: Iterable[Path]) -> dict[str, Any]:
     """Merges values files in order, later ones winning, as ``helm -f a -f b`` does."""
+    import yaml  # the ops extra; imported here so `condo-audit --help` works without it
+
     merged: dict[str, Any] = {}
     for path in paths:
         data = yaml.safe_load(path.read_text()) or {}

@@ -7,7 +7,6 @@ API serves (camelCase keys), so the code reads like the YAML an operator knows.
 from __future__ import annotations
 
 import ast
-import datetime as dt
 import json
 import math
 import operator
@@ -17,12 +16,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from kubernetes import client, config  # type: ignore[import-untyped]
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from cli.main import CliError
+from ops import OpsError
 
 PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 PAUSED = "autoscaling.keda.sh/paused"
@@ -72,7 +70,7 @@ def connect(
             api = config.new_client_from_config(config_file=kubeconfig, context=context)
             ns = namespace or _kubeconfig_namespace(kubeconfig, context)
     except config.ConfigException as exc:
-        raise CliError(f"no Kubernetes configuration: {exc}") from exc
+        raise OpsError(f"no Kubernetes configuration: {exc}") from exc
     return Target(api, ns, release)
 
 
@@ -99,16 +97,16 @@ def api_errors(action: str, target: Target) -> Iterator[None]:
     except ApiException as exc:
         message = _status_message(exc)
         if exc.status == 403:
-            raise CliError(
+            raise OpsError(
                 f"permission denied to {action} in namespace {target.namespace!r}: {message}. "
                 f"{RBAC_HINT}"
             ) from exc
         if exc.status == 401:
-            raise CliError(f"not authenticated to the Kubernetes API ({message})") from exc
-        raise CliError(f"could not {action}: HTTP {exc.status} {message}") from exc
+            raise OpsError(f"not authenticated to the Kubernetes API ({message})") from exc
+        raise OpsError(f"could not {action}: HTTP {exc.status} {message}") from exc
     except Urllib3Error as exc:
         host = target.api.configuration.host
-        raise CliError(f"cannot reach the Kubernetes API at {host}: {exc}") from exc
+        raise OpsError(f"cannot reach the Kubernetes API at {host}: {exc}") from exc
 
 
 def _status_message(exc: ApiException) -> str:
@@ -133,14 +131,14 @@ def worker_deployment(target: Target) -> JsonDict:
         )
     items = _plain(target, found).get("items") or []
     if not items:
-        raise CliError(
+        raise OpsError(
             f"release {target.release!r} has no worker Deployment in namespace "
             f"{target.namespace!r} (looked for labels {target.selector}); check --release "
             "and --namespace"
         )
     if len(items) > 1:
         names = ", ".join(i["metadata"]["name"] for i in items)
-        raise CliError(f"several worker Deployments match {target.selector}: {names}")
+        raise OpsError(f"several worker Deployments match {target.selector}: {names}")
     item: JsonDict = items[0]
     return item
 
@@ -298,83 +296,3 @@ def evaluate_formula(formula: str, values: Mapping[str, float]) -> float:
         raise ValueError("only arithmetic on trigger names is understood here")
 
     return ev(ast.parse(formula, mode="eval"))
-
-
-# ----------------------------------------------------------------------------- Redis
-
-
-@dataclass(frozen=True)
-class QueueParts:
-    queued: int
-    in_flight: int
-    scheduled: int
-    key_values: dict[str, int]  # what each Redis key holds, as KEDA's redis scaler reads it
-
-    @property
-    def unacked(self) -> int:
-        return self.in_flight + self.scheduled
-
-
-def key_length(r: redis.Redis, key: str) -> int:
-    """Length by type, as KEDA's redis scaler reads a key: LLEN, HLEN, SCARD or ZCARD."""
-    kind = r.type(key)
-    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
-    readers: dict[str, Callable[[str], Any]] = {
-        "list": r.llen,
-        "hash": r.hlen,
-        "set": r.scard,
-        "zset": r.zcard,
-    }
-    reader = readers.get(kind)
-    return int(reader(key)) if reader else 0
-
-
-def read_queue(
-    r: redis.Redis,
-    queue: str,
-    unacked_key: str = "unacked",
-    extra_keys: tuple[str, ...] = (),
-    now: dt.datetime | None = None,
-) -> QueueParts:
-    """Queued = the list; the unacked hash split by each message's Celery ``eta`` header."""
-    now = now or dt.datetime.now(dt.UTC)
-    queued = int(r.llen(queue))
-    in_flight = scheduled = 0
-    for _field, raw in r.hscan_iter(unacked_key, count=500):
-        if _eta_of(raw, now) is not None:
-            scheduled += 1
-        else:
-            in_flight += 1
-    keys = {queue: queued, unacked_key: in_flight + scheduled}
-    for key in extra_keys:
-        if key not in keys:
-            keys[key] = key_length(r, key)
-    return QueueParts(queued, in_flight, scheduled, keys)
-
-
-def _eta_of(raw: bytes | str, now: dt.datetime) -> dt.datetime | None:
-    """The message's eta when it is still in the future (a retry waiting for its countdown)."""
-    try:
-        message = json.loads(raw)[0]
-        eta = (message.get("headers") or {}).get("eta")
-        if not eta:
-            return None
-        when = dt.datetime.fromisoformat(str(eta))
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when if when > now else None
-
-
-def open_dead_letters(database_url: str) -> int:
-    from sqlalchemy import func, select
-
-    from audit.db import session_factory
-    from audit.models import DeadLetter
-
-    with session_factory(database_url)() as session:
-        count = session.scalar(
-            select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "OPEN")
-        )
-    return int(count or 0)
