@@ -6,7 +6,7 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,6 +32,15 @@ AUTHENTICATED_ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"description": "Over the tenant's request rate; see Retry-After"},
     503: {"description": "The database or the queue is unavailable; see Retry-After"},
 }
+
+
+def queue_unavailable(reason: object, outcome: str = "nothing was stored") -> HTTPException:
+    """The work queue refused a write; `outcome` tells the client what state it left."""
+    return HTTPException(
+        503,
+        f"the work queue is unavailable ({reason}); {outcome}, retry later",
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
 
 
 def unavailable(what: str) -> JSONResponse:

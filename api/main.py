@@ -8,13 +8,14 @@ from api import telemetry
 from api.errors import register_error_handlers
 from api.middleware import BodySizeLimit
 from api.routes import batches, condominiums, dead_letters, findings, health
+from audit import __version__
 from audit.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="condo-audit",
-        version="0.1.0",
+        version=__version__,
         description="Audits condominium expenses: submit a batch, follow its task, read findings.",
     )
     app.state.settings = settings or get_settings()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 import unicodedata
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from audit.batches import BatchStatus
 from audit.cnpj import pydantic_cnpj
+from audit.deadletters import DeadLetterStatus
+from audit.models import Finding
 
 MIN_DATE = dt.date(2000, 1, 1)
 # C0 and C1 controls but tab and newline; lone surrogates (not encodable, break UTF-8 storage);
@@ -92,7 +96,7 @@ class BatchIn(StrictModel):
 class BatchAccepted(BaseModel):
     task_id: str
     batch_id: str
-    status: str
+    status: BatchStatus
     status_url: str
     expenses: int
 
@@ -106,7 +110,7 @@ class TaskStatus(BaseModel):
     task_id: str
     batch_id: str
     condominium_id: str
-    status: str
+    status: BatchStatus
     progress: Progress
     failed_attempts: int
     summary: dict[str, Any] | None
@@ -135,6 +139,50 @@ class FindingsPage(BaseModel):
     total: int
     page: int
     page_size: int
+
+    @classmethod
+    def of(cls, findings: Sequence[Finding], total: int, page: int, page_size: int) -> Self:
+        """The one page builder for every findings listing."""
+        return cls(
+            items=[FindingOut.model_validate(f) for f in findings],
+            total=total,
+            page=page,
+            page_size=page_size,
+        )
+
+
+class FindingCounts(BaseModel):
+    total: int
+    by_rule: dict[str, int]
+    by_severity: dict[str, int]
+
+
+class SupplierTotal(BaseModel):
+    cnpj: str
+    legal_name: str | None
+    expenses: int
+    amount: str = Field(description="Sum of the supplier's audited expenses, two decimals")
+
+
+class UnmatchedExpense(BaseModel):
+    expense_id: int
+    external_id: str
+    supplier_cnpj: str
+    amount: str
+    date: dt.date
+
+
+class MonthlyReport(BaseModel):
+    """A condominium's month: what was audited, what was found, what the bank never showed."""
+
+    condominium_id: str
+    period: str = Field(examples=["2026-10"])
+    expenses_audited: int
+    amount_audited: str
+    expenses_matched_to_bank: int
+    findings: FindingCounts
+    top_suppliers: list[SupplierTotal]
+    unmatched_expenses: list[UnmatchedExpense]
 
 
 class AuditLogEntryOut(BaseModel):
@@ -184,7 +232,7 @@ class DeadLetterOut(BaseModel):
     provider: str | None
     error: str
     attempts: int
-    status: str
+    status: DeadLetterStatus
     trace_id: str | None
     first_failed_at: UtcDateTime | None
     dead_lettered_at: UtcDateTime

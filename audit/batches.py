@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,7 +19,7 @@ from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding
 from audit.tracing_context import current_trace_id
 
 
-class BatchStatus:
+class BatchStatus(StrEnum):
     PENDING = "PENDING"
     STARTED = "STARTED"
     RETRY = "RETRY"
@@ -40,6 +42,10 @@ class ExpenseInput:
 class Submitted:
     batch: Batch
     created: bool  # False when an Idempotency-Key matched an earlier submission
+
+
+class QueueUnavailable(RuntimeError):
+    """The batch could not be enqueued; it was withdrawn, so nothing was accepted."""
 
 
 class UnknownCondominium(LookupError):
@@ -109,6 +115,39 @@ def submit_batch(
     )
     AuditLogService(session).record(batch.id, AuditEvent.SUBMITTED, expenses=len(expenses))
     return Submitted(batch, created=True)
+
+
+def submit_and_enqueue(
+    session: Session,
+    tenant_id: str,
+    condominium_id: str,
+    expenses: list[ExpenseInput],
+    idempotency_key: str | None,
+    enqueue: Callable[[str], None],
+) -> Submitted:
+    """Store, commit, then enqueue; a batch the queue refused is withdrawn again.
+
+    Committing first means a worker never picks up a batch it cannot read; withdrawing on a
+    failed enqueue means the client's retry (same Idempotency-Key) starts clean.
+    """
+    submitted = submit_batch(session, tenant_id, condominium_id, expenses, idempotency_key)
+    session.commit()
+    if not submitted.created:
+        return submitted
+    try:
+        enqueue(submitted.batch.id)
+    except Exception as exc:  # whatever the queue raised, the batch was not accepted
+        withdraw_batch(session, submitted.batch.id)
+        session.commit()
+        raise QueueUnavailable(str(exc)) from exc
+    return submitted
+
+
+def withdraw_batch(session: Session, batch_id: str) -> None:
+    """Remove a batch that was never enqueued, with its expenses and audit log."""
+    session.execute(delete(AuditLogEntry).where(AuditLogEntry.batch_id == batch_id))
+    session.execute(delete(Expense).where(Expense.batch_id == batch_id))
+    session.execute(delete(Batch).where(Batch.id == batch_id))
 
 
 def batch_for_tenant(session: Session, tenant_id: str, batch_id: str) -> Batch | None:

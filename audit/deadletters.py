@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -16,7 +17,7 @@ from audit.models import AuditLogEntry, Batch, DeadLetter
 from audit.observability.tracing import replay_link, tracer
 
 
-class DeadLetterStatus:
+class DeadLetterStatus(StrEnum):
     OPEN = "OPEN"
     REPLAYED = "REPLAYED"
     DISCARDED = "DISCARDED"

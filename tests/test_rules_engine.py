@@ -23,6 +23,7 @@ from audit.rules import (
     evaluate_batch,
     fingerprint,
 )
+from audit.rules.engine import RULE_ORDER
 
 
 def cnpj(base12: str) -> str:
@@ -217,8 +218,16 @@ def test_without_bank_data_there_is_no_bank_finding() -> None:
 
 
 def test_findings_are_ordered_by_batch_position_then_rule() -> None:
-    order = [f.expense_id for f in run()]
-    assert order == sorted(order)
+    # Reversed, the batch's positions no longer follow its expense ids: position must win.
+    batch = list(reversed(BATCH))
+    findings = run(expenses=batch)
+    position = {e.expense_id: k for k, e in enumerate(batch)}
+    keys = [(position[f.expense_id], RULE_ORDER[f.rule_code]) for f in findings]
+    assert keys == sorted(keys)
+    assert [f.expense_id for f in findings] != sorted(f.expense_id for f in findings)
+    # Some expense carries more than one finding, so the rule order is really exercised.
+    per_expense = [f.expense_id for f in findings]
+    assert len(per_expense) > len(set(per_expense))
 
 
 def test_fingerprints_are_stable_distinct_and_order_independent() -> None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
-from sqlalchemy import delete
 
 from api.deps import SessionDep, SettingsDep, TenantDep, not_found
-from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND
+from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND, queue_unavailable
 from api.schemas import (
     AuditLogEntryOut,
     BatchAccepted,
     BatchIn,
     ErrorOut,
-    FindingOut,
     FindingsPage,
     Progress,
     TaskStatus,
@@ -23,13 +21,14 @@ from audit.auditlog import AuditLogService
 from audit.batches import (
     ExpenseInput,
     FindingFilter,
+    QueueUnavailable,
     UnknownCondominium,
     batch_for_tenant,
     list_findings,
-    submit_batch,
+    submit_and_enqueue,
 )
-from audit.models import AuditLogEntry, Batch, Expense
-from worker.enqueue import EnqueueFailed, enqueue_batch
+from audit.models import Batch
+from worker.enqueue import enqueue_batch
 
 router = APIRouter(tags=["batches"], responses=AUTHENTICATED_ERRORS)
 
@@ -82,28 +81,16 @@ def submit_batch_expenses(
         for e in body.expenses
     ]
     try:
-        submitted = submit_batch(session, tenant, body.condominium_id, items, idempotency_key)
+        submitted = submit_and_enqueue(
+            session, tenant, body.condominium_id, items, idempotency_key, enqueue_batch
+        )
     except UnknownCondominium:
         raise not_found("condominium") from None
-    session.commit()
-    batch = submitted.batch
+    except QueueUnavailable as exc:
+        raise queue_unavailable(exc) from None
     if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
-        return accepted(request, batch)
-    try:
-        enqueue_batch(batch.id)
-    except EnqueueFailed as exc:
-        # Not enqueued means not accepted: remove the batch so the client's retry is clean.
-        session.execute(delete(AuditLogEntry).where(AuditLogEntry.batch_id == batch.id))
-        session.execute(delete(Expense).where(Expense.batch_id == batch.id))
-        session.execute(delete(Batch).where(Batch.id == batch.id))
-        session.commit()
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the work queue is unavailable ({exc}); nothing was stored, retry later",
-            headers={"Retry-After": "5"},
-        ) from None
-    return accepted(request, batch)
+    return accepted(request, submitted.batch)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskStatus, name="get_task", responses=NOT_FOUND)
@@ -145,12 +132,7 @@ def get_batch_findings(
         offset=(page - 1) * page_size,
         limit=page_size,
     )
-    return FindingsPage(
-        items=[FindingOut.model_validate(f) for f in findings],
-        total=total,
-        page=page,
-        page_size=page_size,
-    )
+    return FindingsPage.of(findings, total, page, page_size)
 
 
 @router.get(

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
 from api.deps import SessionDep, TenantDep, not_found
-from api.errors import AUTHENTICATED_ERRORS
+from api.errors import AUTHENTICATED_ERRORS, queue_unavailable
 from api.schemas import DeadLetterOut, ErrorOut, ReplayAllOut, ReplayOut
-from audit.deadletters import DeadLetterService
+from audit.deadletters import DeadLetterService, DeadLetterStatus
 from worker.enqueue import EnqueueFailed, enqueue_batch
 
 router = APIRouter(prefix="/dead-letters", tags=["dead-letters"], responses=AUTHENTICATED_ERRORS)
@@ -60,18 +60,17 @@ def replay_dead_letters_of_provider(
     enqueued stay OPEN and the answer is 503: calling again replays only what is left.
     """
     service = DeadLetterService(session)
-    letters = service.list(tenant_id=tenant, status="OPEN", provider=provider, limit=limit)
+    letters = service.list(
+        tenant_id=tenant, status=DeadLetterStatus.OPEN, provider=provider, limit=limit
+    )
     replayed: list[str] = []
     for letter in letters:
         try:
             if service.replay_and_enqueue(letter, enqueue_batch):
                 replayed.append(letter.batch_id)
         except EnqueueFailed as exc:
-            raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE,
-                f"the work queue is unavailable ({exc}) after {len(replayed)} replays; "
-                "the rest stay open, retry later",
-                headers={"Retry-After": "5"},
+            raise queue_unavailable(
+                exc, f"{len(replayed)} were replayed and the rest stay open"
             ) from None
     return ReplayAllOut(
         provider=provider,
@@ -97,11 +96,7 @@ def replay_dead_letter(
     try:
         enqueued = service.replay_and_enqueue(letter, enqueue_batch)
     except EnqueueFailed as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"the work queue is unavailable ({exc}); the dead letter stays open",
-            headers={"Retry-After": "5"},
-        ) from None
+        raise queue_unavailable(exc, "the dead letter stays open") from None
     return ReplayOut(
         dead_letter=DeadLetterOut.model_validate(letter),
         task_id=letter.batch_id,
