@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import chart_support as cs
-from tests.chart_support import Obj
+from tests.support import charts as cs
+from tests.support.charts import Obj
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate (PyPI) carries the Kubernetes schemas"

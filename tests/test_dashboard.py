@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import Platform
+from tests.support.platform import Platform
 from tests.test_metrics import api_samples, metered, run_every_path, worker_samples
 
 __all__ = ["metered"]  # the module-scoped platform fixture, shared by import

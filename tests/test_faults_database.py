@@ -17,8 +17,8 @@ from sqlalchemy.engine import make_url
 
 from audit.db import session_scope
 from audit.models import Batch
-from tests.conftest import POSTGRES_ADMIN_URL, launch_platform
-from tests.faultkit import Outcome, Workload, reference, verify
+from tests.support.faultkit import Outcome, Workload, reference, verify
+from tests.support.platform import POSTGRES_ADMIN_URL, launch_platform
 
 
 @contextmanager

@@ -9,25 +9,20 @@ from typing import Any
 
 import pytest
 
-from audit.db import upgrade_database
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.faultkit import Outcome, Workload, reference, verify
+from tests.support.faultkit import Outcome, Workload, reference, verify
+from tests.support.platform import Platform, sqlite_platform_for
 
 
 @pytest.fixture
 def platform(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> Iterator[Platform]:
-    database_url = sqlite_url(tmp_path_factory.mktemp("db"))
-    upgrade_database(database_url)
-    running = launch_platform(
+    with sqlite_platform_for(
         tmp_path_factory,
         private_redis,
-        database_url,
         worker=False,
         extra_env={"PROVIDER_TIMEOUT_SECONDS": "1", "RETRY_BACKOFF_BASE_SECONDS": "0.3"},
-    )
-    yield running
-    for process in running.processes.values():
-        process.kill()
+        kill_on_exit=True,
+    ) as running:
+        yield running
 
 
 def configure(platform: Platform, **changes: Any) -> None:

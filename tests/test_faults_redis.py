@@ -11,8 +11,11 @@ from sqlalchemy import func, select
 from audit.db import session_scope, upgrade_database
 from audit.models import Batch
 from cli.processes import free_port, start_redis
-from tests.conftest import launch_platform, sqlite_url
-from tests.faultkit import Outcome, Workload, reference, verify
+from tests.support.faultkit import Outcome, Workload, reference, verify
+from tests.support.platform import launch_platform, sqlite_url
+
+# Starts and restarts its own redis-server and a platform.
+pytestmark = pytest.mark.slow
 
 
 def test_redis_restart_mid_run_loses_nothing_and_the_api_says_503(

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from audit.db import upgrade_database
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.faultkit import Outcome, Workload, child_pids, reference, verify
+from tests.support.faultkit import Outcome, Workload, child_pids, reference, verify
+from tests.support.platform import Platform, launch_platform, sqlite_url
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from audit.db import session_scope, upgrade_database
+from audit.db import session_scope
 from audit.models import Batch, Expense
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import expense, make_cnpj
+from tests.support.helpers import expense, make_cnpj
+from tests.support.platform import Platform, sqlite_platform_for
 
 MAX_BYTES = 200_000
 MAX_BATCH = 50
@@ -26,17 +26,13 @@ MAX_BATCH = 50
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Platform]:
-    database_url = sqlite_url(tmp_path_factory.mktemp("db"))
-    upgrade_database(database_url)
-    running = launch_platform(
+    with sqlite_platform_for(
         tmp_path_factory,
         redis_server,
-        database_url,
         worker=False,
         extra_env={"MAX_REQUEST_BYTES": str(MAX_BYTES), "MAX_BATCH_SIZE": str(MAX_BATCH)},
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from audit.db import upgrade_database
 from audit.settings import Settings
 from cli.processes import free_port
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform, launch_platform, sqlite_url
 from worker.celery_app import PROCESS_BATCH_TASK, create_celery_app
 
 TASK = PROCESS_BATCH_TASK

@@ -29,7 +29,7 @@ from audit import models
 from audit.db import session_scope, upgrade_database
 from cli import ops
 from cli.main import run
-from tests.kube_standin import (
+from tests.support.kube_standin import (
     NAMESPACE,
     RELEASE,
     WORKER,

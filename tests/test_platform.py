@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from audit.db import session_scope
 from audit.models import Batch, Expense, Finding
 from audit.settings import Settings
-from tests.conftest import Platform
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform
 from worker.celery_app import PROCESS_BATCH_TASK, create_celery_app
 
 

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from audit.db import session_scope, upgrade_database
 from audit.models import DeadLetter, SupplierRegistration
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform, launch_platform, sqlite_url
 
 RATE_PER_MINUTE = 240  # 4 lookups a second for the whole fleet
 

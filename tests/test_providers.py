@@ -28,7 +28,7 @@ from audit.providers.pluggy import PluggyTransactions
 from audit.ratelimit import RateLimiter
 from audit.settings import Settings
 from simulator.testing import SimulatorServer, free_port
-from tests.helpers import cnpj_from
+from tests.support.helpers import cnpj_from
 
 
 def settings_for(sim: SimulatorServer, **overrides: Any) -> Settings:

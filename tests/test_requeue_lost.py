@@ -12,8 +12,8 @@ import pytest
 from redis import Redis
 
 from audit.db import upgrade_database
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform, launch_platform, sqlite_url
 from worker.broker import task_ids_in_broker
 
 

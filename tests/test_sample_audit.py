@@ -9,7 +9,7 @@ from audit.db import session_scope
 from audit.models import Expense, Finding
 from audit.rules import RuleCode
 from cli.run import load_sample
-from tests.conftest import Platform
+from tests.support.platform import Platform
 
 EXPECTED = {
     ("AMOUNT_OUTLIER", "2026-10-limpeza-extra", "info"),

@@ -237,6 +237,7 @@ def summary_value(out: str, label: str) -> str:
     return line[len(label) :].strip()
 
 
+@pytest.mark.slow  # two full simulations of the production values
 def test_changing_values_yaml_changes_the_prediction(tmp_path: Path) -> None:
     """A provider-bound peak runs into maxReplicaCount; a values file with another max shows it."""
     chart = tmp_path / "chart"

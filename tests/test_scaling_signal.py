@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 
 from audit.db import session_scope, upgrade_database
 from audit.models import Batch, Finding
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import expense, make_cnpj
+from tests.support.helpers import expense, make_cnpj
+from tests.support.platform import Platform, launch_platform, sqlite_url
 from worker.broker import read_backlog
 
 

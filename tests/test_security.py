@@ -26,8 +26,8 @@ from starlette.routing import BaseRoute
 from api.main import app
 from audit.db import session_scope, upgrade_database
 from audit.models import ApiKey, AuditLogEntry, Batch, DeadLetter
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform, launch_platform, sqlite_platform_for, sqlite_url
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 # FastAPI's own documentation of the API (the schema and its viewers): no data, no actions.
@@ -70,12 +70,9 @@ def protected_routes() -> list[tuple[str, str]]:
 def platform(
     tmp_path_factory: pytest.TempPathFactory, private_redis_module: str
 ) -> Iterator[Platform]:
-    database_url = sqlite_url(tmp_path_factory.mktemp("db"))
-    upgrade_database(database_url)
-    running = launch_platform(
+    with sqlite_platform_for(
         tmp_path_factory,
         private_redis_module,
-        database_url,
         worker=False,
         extra_env={
             "CNPJWS_TOKEN": f"cnpjws-token-{secrets.token_hex(12)}",
@@ -83,9 +80,8 @@ def platform(
             "MAX_ATTEMPTS": "2",
             "RETRY_BACKOFF_BASE_SECONDS": "0.1",
         },
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

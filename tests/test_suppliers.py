@@ -25,7 +25,7 @@ from audit.ratelimit import RateLimiter
 from audit.settings import Settings
 from audit.suppliers import SupplierDirectory
 from simulator.testing import SimulatorServer
-from tests.helpers import cnpj_from
+from tests.support.helpers import cnpj_from
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

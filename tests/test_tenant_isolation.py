@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from audit.db import upgrade_database
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform, sqlite_platform_for
 from tests.test_security import protected_routes
 
 
@@ -30,16 +29,12 @@ class Owned:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Platform]:
-    database_url = sqlite_url(tmp_path_factory.mktemp("db"))
-    upgrade_database(database_url)
-    running = launch_platform(
+    with sqlite_platform_for(
         tmp_path_factory,
         redis_server,
-        database_url,
         extra_env={"MAX_ATTEMPTS": "1"},
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from audit.db import session_scope, upgrade_database
 from audit.models import AuditLogEntry, Batch, DeadLetter
 from simulator.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
-from tests.conftest import Platform, launch_platform, sqlite_url
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform, launch_platform, sqlite_url
 
 TASK = "audit.process_batch_expenses"
 RUN = f"run/{TASK}"

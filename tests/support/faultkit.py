@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 
 from audit.db import session_scope
 from audit.models import AuditLogEntry, Batch, DeadLetter, Expense, Finding
-from tests.conftest import Platform
-from tests.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.platform import Platform
 
 TERMINAL = {"SUCCESS", "FAILURE"}
 

@@ -1,8 +1,7 @@
 """Helpers for the chart tests: find or install helm, render the chart, validate objects.
 
 Kubernetes objects are validated against the JSON schemas shipped by `kubernetes-validate`;
-KEDA objects against the CRD schemas in the directory named by KEDA_SCHEMA_DIR (default
-../shared/k8s-schemas/keda next to the repository).
+KEDA objects against KEDA v2.20.2's CRD schemas, vendored in tests/schemas/keda.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "condo-audit"
 CI_DIR = CHART_DIR / "ci"
 K8S_DIR = REPO_ROOT / "k8s"
@@ -141,11 +140,12 @@ def env_of(ctr: Obj) -> dict[str, Obj]:
 # ---------- schemas ----------
 
 
+# KEDA v2.20.2's CRDs, vendored with their SOURCE note and licence.
+KEDA_SCHEMA_DIR = REPO_ROOT / "tests" / "schemas" / "keda"
+
+
 def keda_schema_dir() -> Path:
-    configured = os.environ.get("KEDA_SCHEMA_DIR")
-    if configured:
-        return Path(configured)
-    return (REPO_ROOT / ".." / "shared" / "k8s-schemas" / "keda").resolve()
+    return KEDA_SCHEMA_DIR
 
 
 @cache
@@ -161,8 +161,7 @@ def keda_schemas() -> dict[tuple[str, str], Obj]:
                 schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
     if not schemas:
         raise AssertionError(
-            f"no KEDA CRD schemas in {keda_schema_dir()}: set KEDA_SCHEMA_DIR to the folder "
-            "holding keda.sh_scaledobjects.yaml and keda.sh_triggerauthentications.yaml"
+            f"no KEDA CRD schemas in {keda_schema_dir()}: the vendored CRDs are missing"
         )
     return schemas
 

@@ -393,7 +393,7 @@ def _handler(standin: KubeStandin) -> type[BaseHTTPRequestHandler]:
 # them the tests fall back to FALLBACK_MANIFESTS, a hand-copied subset of the chart's worker
 # Deployment and ScaledObject, and say which they used.
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RELEASE = "ops-test"
 NAMESPACE = "ops-ns"
 WORKER = f"{RELEASE}-condo-audit-worker"

@@ -1,0 +1,1 @@
+"""What the tests share: the platform launcher, data helpers, fault kit, chart rendering."""
