@@ -1,0 +1,1 @@
+"""Operations tooling: scaling simulator, workload generator, capacity model, cluster readers."""
