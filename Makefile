@@ -10,6 +10,8 @@ ARGS   ?=
 UV_VERSION := 0.13.8
 UV     := .tools/uv/bin/uv
 export UV_PYTHON_DOWNLOADS := never
+# The system CA store (where a TLS-inspecting egress installs its CA), not uv's bundled one.
+export UV_SYSTEM_CERTS := 1
 
 .PHONY: install lock run test lint clean
 
