@@ -7,7 +7,7 @@
 #      skipped when the image already exists (FORCE_BASE=1 rebuilds it).
 #   3. The image itself, with that base as PYTHON_IMAGE; a build error fails the stage, and so
 #      does an image larger than MAX_IMAGE_MB.
-#   4. scripts/run-chart-pods.py: the rendered chart's API, worker, migrations and requeue-lost
+#   4. scripts/run_chart_pods.py: the rendered chart's API, worker, migrations and requeue-lost
 #      pods as containers of the image, their probes, a batch through them, SIGTERM mid-batch.
 #
 # Usage: scripts/ci-containers.sh [--build-only]   (--build-only: steps 1-3, the image alone)
@@ -109,6 +109,6 @@ fi
 
 step "the chart's pods as containers"
 bash scripts/install-helm-kubectl.sh >/dev/null
-"$PYTHON" scripts/run-chart-pods.py --helm "$repo/.tools/bin/helm"
+"$PYTHON" scripts/run_chart_pods.py --helm "$repo/.tools/bin/helm"
 
 step "done"

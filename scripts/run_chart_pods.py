@@ -1,6 +1,6 @@
 """Run the rendered Helm chart's pods as podman containers, as a kubelet would, and prove them.
 
-    python scripts/run_chart_pods.py [--values helm/condo-audit/ci/podman.yaml] [--helm PATH]
+    python scripts/run_chart_pods.py [--values helm/condo-audit/ci/podman.yaml ...] [--helm PATH]
 
 `helm template` renders the chart with the CI values file; this script then takes the API
 Deployment, the worker Deployment, the migrations Job and the requeue-lost CronJob and runs
@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+import redis
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,9 +84,10 @@ def log(message: str) -> None:
 # ---------- rendering ----------
 
 
-def render_chart(helm: str, values: Path) -> list[Obj]:
+def render_chart(helm: str, values: list[Path]) -> list[Obj]:
+    files = [arg for path in values for arg in ("-f", str(path))]
     proc = subprocess.run(
-        [helm, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, "-f", str(values)],
+        [helm, "template", RELEASE, str(CHART_DIR), "--namespace", NAMESPACE, *files],
         capture_output=True,
         text=True,
         timeout=120,
@@ -324,6 +326,9 @@ def build_pod_run(
     flags = [
         "--name",
         name,
+        # A pod's host name is its name (a replacement pod gets its own, see start()).
+        "--hostname",
+        name,
         "--pull",
         "never",
         # No Services with podman: one network (the host's), Service names mapped to loopback.
@@ -375,7 +380,7 @@ def start(run: PodRun, name: str | None = None) -> str:
     """`podman run -d`; the env values travel in podman's own environment, not in argv."""
     flags = list(run.flags)
     if name is not None:
-        flags[flags.index(run.name)] = name
+        flags = [name if f == run.name else f for f in flags]
     podman("run", "-d", *flags, run.image, *run.argv, env=run.env)
     return name or run.name
 
@@ -746,6 +751,23 @@ def sigterm_mid_batch(
     }
 
 
+def processed_by(worker: PodRun, task_id: str) -> None:
+    """Celery's result (result_extended) names the worker node: the worker container's host."""
+    url = urlsplit(worker.env["REDIS_URL"])
+    client = redis.Redis(
+        host="127.0.0.1", port=url.port or 6379, password=url.password, db=int(url.path[1:] or 0)
+    )
+    raw = client.get(f"celery-task-meta-{task_id}")
+    client.close()
+    if not isinstance(raw, bytes):
+        raise PodFailure(f"no Celery result for task {task_id} in the pods' Redis")
+    node = str(json.loads(raw).get("worker", ""))
+    hostname = podman("exec", worker.name, "hostname").strip()
+    if node != f"celery@{hostname}":
+        raise PodFailure(f"task {task_id} ran on {node!r}, not on the worker container {hostname}")
+    log(f"  run by {node}, the worker container")
+
+
 # ---------- main ----------
 
 
@@ -753,7 +775,7 @@ def image_user(image: str) -> str:
     return podman("image", "inspect", "--format", "{{.Config.User}}", image).strip()
 
 
-def run(helm: str, values: Path) -> None:
+def run(helm: str, values: list[Path]) -> None:
     run_id = uuid.uuid4().hex[:6]
     objects = render_chart(helm, values)
     cluster = Cluster.from_objects(objects)
@@ -802,9 +824,7 @@ def run(helm: str, values: Path) -> None:
                 base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=30
             ) as api:
                 condominium_id, task_id = sample_batch(api, services["simulator"])
-                if task_id not in podman("logs", pods["worker"].name):
-                    raise PodFailure(f"the worker container's log does not show task {task_id}")
-                log("  processed by the worker container (its log shows the task)")
+                processed_by(pods["worker"], task_id)
 
                 started = time.monotonic()
                 code, output = run_to_completion(pods["maintenance"], 300)
@@ -851,13 +871,18 @@ def containers(run_id: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--values", type=Path, default=DEFAULT_VALUES)
+    parser.add_argument(
+        "--values",
+        type=Path,
+        action="append",
+        help=f"values file, repeatable (default: {DEFAULT_VALUES.relative_to(REPO_ROOT)})",
+    )
     parser.add_argument(
         "--helm", default=shutil.which("helm") or str(REPO_ROOT / ".tools/bin/helm")
     )
     args = parser.parse_args()
     try:
-        run(args.helm, args.values)
+        run(args.helm, args.values or [DEFAULT_VALUES])
     except PodFailure as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
