@@ -65,10 +65,10 @@ DEFAULT_VALUES = CHART_DIR / "ci" / "podman.yaml"
 SAMPLE = REPO_ROOT / "audit" / "sample" / "sample_batch.json"
 RELEASE = "condo-audit"
 NAMESPACE = "condo-audit"
-# The local PostgreSQL's maintenance connection (trust auth), where the scratch database is made.
+# The local PostgreSQL (trust auth) where the scratch database is made: the tests' one in CI.
 ADMIN_DATABASE_URL = os.environ.get(
-    "PODS_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1/test"
-)
+    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+).replace("postgresql+psycopg://", "postgresql://")
 
 Obj = dict[str, Any]
 
