@@ -3,7 +3,7 @@
 #
 #   1. podman, buildah, debootstrap and runc (apt), a private podman configuration.
 #   2. A local Python base image when no registry is reachable: Debian bookworm with python3 and
-#      venv, by debootstrap from the apt mirror this machine already uses (~45 s). Cached:
+#      venv, by debootstrap from the apt mirror this machine already uses (~50 s). Cached:
 #      skipped when the image already exists (FORCE_BASE=1 rebuilds it).
 #   3. The image itself, with that base as PYTHON_IMAGE; a build error fails the stage, and so
 #      does an image larger than MAX_IMAGE_MB.
@@ -12,13 +12,13 @@
 #
 # Usage: scripts/ci-containers.sh [--build-only]   (--build-only: steps 1-3, the image alone)
 # Env: PYTHON_IMAGE (skip 2 and build on that base, e.g. python:3.11.11-slim-bookworm where a
-# registry answers), IMAGE (default localhost/condo-audit:ci, the CI values file's image),
-# MAX_IMAGE_MB (300), PYTHON (the venv's python, for the pod runner).
+# registry answers), MAX_IMAGE_MB (300), PYTHON (the venv's python, for the pod runner).
+# The image is localhost/condo-audit:ci, the one helm/condo-audit/ci/podman.yaml names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 started=$SECONDS
-IMAGE="${IMAGE:-localhost/condo-audit:ci}"
+IMAGE="localhost/condo-audit:ci"
 BASE_IMAGE="localhost/pybase:bookworm"
 MAX_IMAGE_MB="${MAX_IMAGE_MB:-300}"
 PYTHON="${PYTHON:-$repo/.venv/bin/python}"
