@@ -33,6 +33,7 @@ SCENARIOS: dict[str, str | None] = {
     "keda-off": "keda-off.yaml",
     "production": "production.yaml",
     "plain-manifests": "plain-manifests.yaml",
+    "podman": "podman.yaml",
 }
 
 Obj = dict[str, Any]
