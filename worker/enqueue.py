@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from audit.observability.tracing import publish_span
-from worker.celery_app import PROCESS_BATCH_TASK, app
+from worker.celery_app import DELIVER_WEBHOOK_TASK, PROCESS_BATCH_TASK, app
 
 # Fail fast when Redis is down: the caller answers 503 instead of hanging.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
@@ -25,5 +25,19 @@ def enqueue_batch(batch_id: str) -> None:
                 retry_policy=PUBLISH_RETRY_POLICY,
                 headers=trace_headers,
             )
+    except Exception as exc:  # kombu raises several connection error types
+        raise EnqueueFailed(f"could not reach the queue: {type(exc).__name__}") from exc
+
+
+def enqueue_webhook_delivery(delivery_id: str, countdown: float | None = None) -> None:
+    """Publish one delivery attempt on the webhooks queue (routed by the task's name)."""
+    try:
+        app.send_task(
+            DELIVER_WEBHOOK_TASK,
+            args=[delivery_id],
+            countdown=countdown,
+            retry=True,
+            retry_policy=PUBLISH_RETRY_POLICY,
+        )
     except Exception as exc:  # kombu raises several connection error types
         raise EnqueueFailed(f"could not reach the queue: {type(exc).__name__}") from exc
