@@ -62,11 +62,11 @@ def non_public_reason(address: str) -> str | None:
         ip = ip.ipv4_mapped
     for attribute in (
         "is_loopback",
-        "is_private",
         "is_link_local",
         "is_multicast",
-        "is_reserved",
         "is_unspecified",
+        "is_reserved",
+        "is_private",
     ):
         if getattr(ip, attribute):
             return attribute.removeprefix("is_").replace("_", "-")
