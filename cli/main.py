@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "cli.run",
     "cli.dlq",
     "cli.batches",
+    "cli.webhooks",
     "cli.workload",
     "cli.capacity",
     "cli.ops",
