@@ -54,6 +54,7 @@ class WebhookReceiver:
         on_delivery: Callable[[Received], None] | None = None,
     ) -> None:
         self.secret = secret
+        self.secrets: list[str] = []  # more secrets that verify (one receiver, many tenants)
         self.on_delivery = on_delivery
         self.fail_first = 0  # answer 500 to this many requests, then 200
         self.always_fail = False
@@ -102,13 +103,11 @@ class WebhookReceiver:
         raise AssertionError(f"{len(self.deliveries())} webhook requests, wanted {count}")
 
     def _answer(self, headers: dict[str, str], body: bytes) -> tuple[int, bool, str | None]:
-        problem: str | None = None
-        if self.secret is None:
-            problem = "no secret configured"
-        else:
+        problem: str | None = "no secret configured"
+        for secret in ([self.secret] if self.secret else []) + self.secrets:
             try:
                 verify(
-                    self.secret,
+                    secret,
                     headers.get("webhook-id", ""),
                     headers.get("webhook-timestamp", ""),
                     headers.get("webhook-signature", ""),
@@ -117,6 +116,9 @@ class WebhookReceiver:
                 )
             except SignatureError as exc:
                 problem = str(exc)
+            else:
+                problem = None
+                break
         with self._lock:
             seen = len(self.received)
         if problem is not None:

@@ -736,3 +736,15 @@ def test_webhook_secret_keys_come_from_a_secret(scenario: str, objects: list[Obj
     key = base64.b64decode(secret["data"]["webhook-secret-keys"])
     assert len(base64.urlsafe_b64decode(key)) == 32  # a Fernet key
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_compose_runs_a_webhooks_worker_like_the_chart() -> None:
+    compose = yaml.safe_load((cs.REPO_ROOT / "docker" / "compose.yaml").read_text())
+    command = compose["services"]["webhooks"]["command"]
+    values = yaml.safe_load((cs.CHART_DIR / "values.yaml").read_text())
+    assert command[command.index("-Q") + 1] == values["webhooks"]["queue"]
+    assert command[command.index("--pool") + 1] == "threads"
+    worker = compose["services"]["worker"]["command"]
+    assert worker[worker.index("-Q") + 1] == "audit"
+    condition = compose["services"]["webhooks"]["depends_on"]["migrations"]["condition"]
+    assert condition == "service_completed_successfully"

@@ -121,4 +121,4 @@ def redeliver(delivery: WebhookDelivery) -> None:
     delivery.retry_step = 0
     delivery.next_attempt_at = now
     delivery.enqueued_at = now  # the caller enqueues after the commit
-    delivery.locked_until = None
+    # locked_until stays: an attempt in flight finishes before the redelivery can claim it.
