@@ -169,3 +169,19 @@ def test_default_schedule_is_standard_webhooks() -> None:
         dt.timedelta(hours=10),
         dt.timedelta(hours=10),
     ]
+
+
+def test_the_readme_verification_by_hand_accepts_real_headers() -> None:
+    """The README's standard-library example, run on headers the platform would send."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Webhooks", 1)[1]
+    by_hand = next(b for b in section.split("```python")[1:] if "def verify" in b)
+    namespace: dict[str, object] = {}
+    exec(by_hand.split("```", 1)[0], namespace)  # noqa: S102 - our own README
+    verify = namespace["verify"]
+    secret = signing.generate_secret()
+    headers = signing.headers([signing.generate_secret(), secret], "msg_x", int(time.time()), BODY)
+    assert verify(secret, headers, BODY) is True  # type: ignore[operator]
+    assert verify(secret, headers, BODY + b" ") is False  # type: ignore[operator]
