@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from api import telemetry
 from api.errors import register_error_handlers
 from api.middleware import BodySizeLimit
-from api.routes import batches, condominiums, dead_letters, findings, health
+from api.routes import batches, condominiums, dead_letters, findings, health, webhooks
 from audit import __version__
 from audit.settings import Settings, get_settings
 
@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_request_bytes)
     register_error_handlers(app)
 
-    for module in (health, condominiums, batches, findings, dead_letters):
+    for module in (health, condominiums, batches, findings, dead_letters, webhooks):
         app.include_router(module.router)
     telemetry.install(app, app.state.settings)
     return app

@@ -7,7 +7,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -257,3 +257,62 @@ class ReplayAllOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# Webhooks (Standard Webhooks). The secret appears in WebhookCreated and WebhookSecretOut only.
+WebhookEvent = Literal["batch.succeeded", "batch.failed", "batch.dead_lettered"]
+
+
+class WebhookIn(StrictModel):
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="https URL of the receiver; must resolve to public addresses.",
+    )
+    events: list[WebhookEvent] = Field(min_length=1, max_length=3)
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("events must not repeat")
+        return value
+
+
+class WebhookOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    url: str
+    events: list[str]
+    created_at: UtcDateTime
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="whsec_<base64>: shown once; verify signatures with it.")
+
+
+class WebhookSecretOut(BaseModel):
+    id: str
+    secret: str = Field(
+        description="The new whsec_ secret, shown once. The previous one also "
+        "signs for 24 hours, as a second webhook-signature entry."
+    )
+
+
+class WebhookDeliveryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    message_id: str = Field(description="The webhook-id header: the same on every attempt.")
+    event_type: str
+    batch_id: str | None
+    status: str = Field(description="pending, succeeded, failed or cancelled")
+    attempts: int
+    last_response_code: int | None
+    last_response_body: str | None = Field(description="At most 256 characters of the answer.")
+    last_error: str | None
+    next_attempt_at: UtcDateTime | None
+    last_attempt_at: UtcDateTime | None
+    delivered_at: UtcDateTime | None
+    created_at: UtcDateTime

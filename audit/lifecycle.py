@@ -16,6 +16,8 @@ from audit.models import AuditLogEntry, Batch, DeadLetter
 from audit.observability.tracing import current_span_id, tracer
 from audit.retry import RetryPolicy
 from audit.tracing_context import current_trace_id
+from audit.webhooks import EventType
+from audit.webhooks.outbox import record_batch_event
 
 TERMINAL = frozenset({BatchStatus.SUCCESS, BatchStatus.FAILURE})
 
@@ -144,4 +146,8 @@ def _dead_letter(
         dead_letter_id=letter.id,
         span_id=current_span_id(),  # with the entry's trace_id: where a replay links to
     )
+    # The webhook outbox, in the transaction that records the status.
+    detail = {"dead_letter_id": letter.id, "provider": provider, "reason": reason}
+    record_batch_event(session, batch_id, EventType.BATCH_FAILED, key=letter.id, **detail)
+    record_batch_event(session, batch_id, EventType.BATCH_DEAD_LETTERED, key=letter.id, **detail)
     return RetryDecision(attempts, None, letter.id)

@@ -22,6 +22,8 @@ from audit.batches import BatchStatus, findings_summary
 from audit.models import BankTransaction, Batch, Condominium, Expense, Finding
 from audit.providers.base import BankTransactionRecord, Registration, TransactionSource
 from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings, evaluate
+from audit.webhooks import EventType
+from audit.webhooks.outbox import record_batch_event
 
 HISTORY_DAYS = 365
 # Core statements run executemany on the table (ORM bulk statements would want primary keys).
@@ -89,6 +91,8 @@ class BatchAuditor:
                 )
             )
             AuditLogService(session).record(batch_id, AuditEvent.FINISHED, **summary)
+            # The webhook outbox, in the transaction that records the status.
+            record_batch_event(session, batch_id, EventType.BATCH_SUCCEEDED)
         return summary
 
     def _resolve_suppliers(

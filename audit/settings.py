@@ -86,6 +86,47 @@ class Settings(BaseSettings):
     worker_heartbeat_file: str = "/tmp/condo-audit-worker-heartbeat"  # noqa: S108
     worker_heartbeat_seconds: float = 10.0
 
+    # Completion webhooks (Standard Webhooks). Retries follow webhook_retry_schedule_seconds;
+    # the ones due within webhook_inline_retry_max_seconds ride a task countdown, later ones
+    # wait in the database for the dispatcher (a countdown of hours would outlive the
+    # broker's visibility timeout and be delivered twice).
+    webhook_queue: str = Field(
+        default="webhooks", description="Celery queue for deliveries, apart from audit work."
+    )
+    webhook_secret_keys: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s) that encrypt signing secrets at rest, comma-separated: the "
+        "first encrypts, all decrypt (rotation). Unset: webhooks cannot be registered.",
+    )
+    webhook_allow_private_urls: bool = Field(
+        default=False,
+        description="Allow receivers on private, loopback or link-local addresses, and plain "
+        "http: local runs and tests only.",
+    )
+    webhook_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    webhook_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_retry_schedule_seconds: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        min_length=0,
+        description="Delay before each retry after a failed attempt; then the delivery fails.",
+    )
+    webhook_retry_jitter_ratio: float = Field(default=0.1, ge=0, le=1)
+    webhook_inline_retry_max_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Retries due sooner than this are published with a countdown; later ones "
+        "are enqueued by the dispatcher when due. Keep well under the visibility timeout.",
+    )
+    webhook_dispatch_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often the dispatcher enqueues due deliveries."
+    )
+    webhook_requeue_after_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A due delivery enqueued this long ago without an attempt is enqueued "
+        "again (its message was lost); duplicates are harmless.",
+    )
+
     # Observability (tracing itself is configured by the standard OTEL_* variables)
     log_format: str = Field(
         default="text", pattern="^(text|json)$", description="json in production."

@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "cli.run",
     "cli.dlq",
     "cli.batches",
+    "cli.webhooks",
     "cli.workload",
     "cli.capacity",
     "cli.ops",

@@ -1,8 +1,10 @@
 """`condo-audit run`: the whole platform on one machine, on embedded defaults.
 
 Starts a private redis-server (unless REDIS_URL is set), migrates the database (SQLite by
-default), starts the provider simulator, the API and one worker, submits the bundled sample
-batch, prints its findings, and keeps serving until Ctrl-C.
+default), starts the provider simulator, the API, one audit worker and one webhooks worker,
+registers a webhook to a signature-verifying receiver on loopback, submits the bundled
+sample batch, prints its findings and the webhook deliveries received, and keeps serving
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from audit.auth import create_tenant, issue_key
 from audit.db import session_scope, upgrade_database
 from audit.observability.tracing import tracing_requested
 from audit.settings import Settings
+from audit.webhooks.secretbox import new_key
 from cli.main import CliError
 from cli.processes import (
     ManagedProcess,
@@ -31,6 +34,7 @@ from cli.processes import (
     start_simulator,
     start_worker,
 )
+from simulator.webhook_receiver import Received, WebhookReceiver
 
 STATE_DIR = Path(".local")
 
@@ -78,6 +82,10 @@ def run_platform(args: argparse.Namespace) -> int:
         # The simulator has no rate limit by default; CNPJ.ws' public 3/min would make the
         # sample wait minutes. Set CNPJWS_RATE_PER_MINUTE to override.
         env.setdefault("CNPJWS_RATE_PER_MINUTE", os.environ.get("CNPJWS_RATE_PER_MINUTE", "600"))
+        # Webhooks: a local key for the signing secrets at rest (kept in .local/, so a restart
+        # can still read them), and receivers on loopback allowed (never in production).
+        env["WEBHOOK_SECRET_KEYS"] = os.environ.get("WEBHOOK_SECRET_KEYS") or local_secret_key()
+        env["WEBHOOK_ALLOW_PRIVATE_URLS"] = os.environ.get("WEBHOOK_ALLOW_PRIVATE_URLS", "true")
         os.environ.update(env)
         settings = Settings()
         upgrade_database(settings.database_url)
@@ -106,15 +114,30 @@ def run_platform(args: argparse.Namespace) -> int:
             )
         )
         print(f"worker     celery, queue {settings.audit_queue!r}, logs in {log_dir}/")
+        webhooks_env = {**worker_env, "METRICS_PORT": str(free_port())}
+        webhooks_env.pop("PROMETHEUS_MULTIPROC_DIR")  # a thread pool: one process
+        processes.append(
+            start_worker(
+                webhooks_env,
+                log_dir,
+                name="webhooks",
+                concurrency=4,
+                queue=settings.webhook_queue,
+                pool="threads",
+            )
+        )
+        print(f"webhooks   celery, queue {settings.webhook_queue!r} (deliveries and retries)")
         worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         print(f"metrics    {worker_metrics} (worker), {api_url}/metrics (API)")
         print(f"traces     {tracing_destination()}")
-        if not args.no_sample:
-            audit_sample(settings, api_url, simulator_url)
-        if args.exit_after_sample:
-            return 0
-        print("\nserving; press Ctrl-C to stop")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        with WebhookReceiver(on_delivery=print_delivery) as receiver:
+            print(f"receiver   {receiver.url} (verifies webhook signatures, prints deliveries)")
+            if not args.no_sample:
+                audit_sample(settings, api_url, simulator_url, receiver)
+            if args.exit_after_sample:
+                return 0
+            print("\nserving; press Ctrl-C to stop")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
     except (FileNotFoundError, TimeoutError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
@@ -134,7 +157,40 @@ def tracing_destination() -> str:
     return f"OTLP ({protocol}) to {endpoint}, services condo-audit-api and condo-audit-worker"
 
 
-def audit_sample(settings: Settings, api_url: str, simulator_url: str) -> None:
+def local_secret_key() -> str:
+    """The local WEBHOOK_SECRET_KEYS, made once and kept in .local/ (owner-only)."""
+    path = STATE_DIR / "webhook-secret-keys"
+    if not path.exists():
+        path.write_text(new_key())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def print_delivery(received: Received) -> None:
+    try:
+        kind = str(received.json().get("type"))
+    except ValueError:
+        kind = "?"
+    check = "signature verified" if received.verified else f"REJECTED ({received.problem})"
+    print(
+        f"webhook    {kind:20} webhook-id {received.message_id}  {check}, "
+        f"answered {received.answered}",
+        flush=True,
+    )
+
+
+def register_webhook(api: httpx.Client, receiver: WebhookReceiver) -> None:
+    events = ["batch.succeeded", "batch.failed", "batch.dead_lettered"]
+    created = api.post("/webhooks", json={"url": receiver.url, "events": events})
+    if created.status_code != 201:
+        raise CliError(f"webhook registration rejected: {created.status_code} {created.text}")
+    receiver.secret = created.json()["secret"]
+    print(f"webhook    {created.json()['id']} -> {receiver.url} (secret shown once, kept by it)")
+
+
+def audit_sample(
+    settings: Settings, api_url: str, simulator_url: str, receiver: WebhookReceiver
+) -> None:
     sample = load_sample()
     with session_scope(settings.database_url) as session:
         tenant = create_tenant(session, "Administradora Exemplo")
@@ -153,6 +209,7 @@ def audit_sample(settings: Settings, api_url: str, simulator_url: str) -> None:
         for batch in sample["history"]:
             task = submit(api, condominium_id, batch)
             wait(api, task)
+        register_webhook(api, receiver)
         task = submit(api, condominium_id, sample["batch"])
         print(f"\nsubmitted  POST /batch-expenses -> task {task}")
         status = wait(api, task)
@@ -164,6 +221,10 @@ def audit_sample(settings: Settings, api_url: str, simulator_url: str) -> None:
         print(f"\n{findings['total']} findings:")
         for finding in findings["items"]:
             print(f"  [{finding['severity']:8}] {finding['rule_code']:26} {finding['message']}")
+    try:
+        receiver.wait_for(1, timeout=15)
+    except AssertionError:
+        print("\nno webhook delivery yet; see the webhooks worker's log")
 
 
 def submit(api: httpx.Client, condominium_id: str, expenses: list[dict[str, Any]]) -> str:

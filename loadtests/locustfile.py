@@ -1,5 +1,7 @@
 """Month-end load: administrators submit their condominium's month, follow the task until it
-ends, then read the findings and the monthly report.
+ends, then read the findings and the monthly report. With webhooks (the default), they learn
+the end from the batch's completion webhook, received and verified in this process, and read
+the task's status once; without, they poll GET /tasks/{id} every poll_seconds.
 
 Run by `loadtests/run.py`, which starts the platform, seeds it and writes the plan this file
 reads from the file named by LOADTEST_PLAN (condominium ids and API keys, the workload
@@ -17,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from gevent import sleep  # type: ignore[import-untyped]
+from gevent.event import Event  # type: ignore[import-untyped]
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.env import Environment
 
 from loadtests.shape import MonthEndPeak
 from loadtests.slo import E2E_TYPE
 from ops.workload import WorkloadConfig, condominium_month
+from simulator.webhook_receiver import Received, WebhookReceiver
 
 PLAN: dict[str, Any] = json.loads(Path(os.environ["LOADTEST_PLAN"]).read_text(encoding="utf-8"))
 CONFIG = WorkloadConfig(**PLAN["workload"])
@@ -32,6 +36,26 @@ E2E_PATH = Path(PLAN["e2e_path"])
 POLL_SECONDS: float = PLAN["poll_seconds"]
 TASK_TIMEOUT_SECONDS: float = PLAN["task_timeout_seconds"]
 ENDED = {"SUCCESS", "FAILURE"}
+
+WEBHOOKS: dict[str, Any] | None = PLAN.get("webhooks")
+
+# Batches whose completion webhook arrived (task id -> Event); the receiver sets them.
+_ended: dict[str, Any] = {}
+
+
+def _ended_event(task_id: str) -> Any:
+    return _ended.setdefault(task_id, Event())
+
+
+def _on_webhook(received: Received) -> None:
+    if received.verified:
+        _ended_event(str(received.json()["data"]["task_id"])).set()
+
+
+if WEBHOOKS is not None:
+    _receiver = WebhookReceiver(port=WEBHOOKS["port"], on_delivery=_on_webhook)
+    _receiver.secrets = list(WEBHOOKS["secrets"])
+    _receiver.start()
 
 _next_condominium = itertools.count()
 _finished = 0  # administrators done (success, failure or gave up): the shape stops at all
@@ -96,8 +120,16 @@ class Administrator(FastHttpUser):
         entry["task_id"] = task_id
         deadline = time.monotonic() + TASK_TIMEOUT_SECONDS
         status: dict[str, Any] = {"status": "PENDING"}
+        if WEBHOOKS is not None:
+            # Told by the webhook; then one read of the status (the poll loop below is the
+            # fallback for a webhook that did not come in time).
+            _ended_event(task_id).wait(timeout=max(0.0, deadline - time.monotonic()))
+            _ended.pop(task_id, None)
+        first = WEBHOOKS is not None
         while status["status"] not in ENDED and time.monotonic() < deadline:
-            sleep(POLL_SECONDS)
+            if not first:
+                sleep(POLL_SECONDS)
+            first = False
             with self.client.get(
                 f"/tasks/{task_id}", headers=self.headers, name="/tasks/[id]", catch_response=True
             ) as polled:

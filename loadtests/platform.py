@@ -133,6 +133,19 @@ class LocalPlatform:
                 )
             )
 
+    def start_webhooks_worker(self, concurrency: int = 8) -> None:
+        """Deliveries on their own queue, in threads, like the chart's webhooks Deployment."""
+        self.processes.append(
+            start_worker(
+                {**self.env, "METRICS_PORT": "0"},
+                self.work / "logs",
+                name=f"webhooks-{uuid.uuid4().hex[:4]}",
+                concurrency=concurrency,
+                queue="webhooks",
+                pool="threads",
+            )
+        )
+
     def start_api(self, workers: int) -> None:
         port = int(self.api_url.rsplit(":", 1)[1])
         self.processes.append(start_api(port, self.env, self.work / "logs", workers=workers))

@@ -33,7 +33,8 @@ from typing import Any
 
 import httpx
 
-from cli.processes import spawn
+from audit.webhooks.secretbox import new_key
+from cli.processes import free_port, spawn
 from loadtests import slo
 from loadtests.platform import (
     ROOT,
@@ -50,6 +51,8 @@ from loadtests.platform import (
 from ops.workload import WorkloadConfig, condominium_month
 
 REPORTS = ROOT / "loadtests" / "reports"
+# The receiver is the locust process on loopback, so private addresses and http are allowed.
+WEBHOOK_ENV = {"WEBHOOK_SECRET_KEYS": new_key(), "WEBHOOK_ALLOW_PRIVATE_URLS": "true"}
 PRODUCTION_CONDOMINIUMS = 10_000
 
 
@@ -64,6 +67,9 @@ class Profile:
     poll_seconds: float
     cached_fraction: float = 0.9
     tenants: int = 0  # 0: one per 50 condominiums
+    # True: administrators learn a batch ended from its webhook and read its status once;
+    # False: they poll GET /tasks/{id} every poll_seconds (the month-end shape before webhooks).
+    webhooks: bool = True
     slo: slo.Slo = field(default_factory=slo.Slo)
     limits: ProviderLimits = field(default_factory=ProviderLimits)
 
@@ -114,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="prefork children per Celery worker")
     parser.add_argument("--poll-seconds", type=float, help="interval between status polls")
     parser.add_argument("--cached-fraction", type=float, help="suppliers already cached")
+    parser.add_argument(
+        "--webhooks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="wait for the completion webhook and read the status once (default), or poll",
+    )
     parser.add_argument("--database", choices=("auto", "postgresql", "sqlite"), default="auto")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--period", default="2026-11")
@@ -153,7 +165,9 @@ def seed(
     )
     tenants = profile.tenants or max(1, profile.condominiums // 50)
     keys = create_tenants(platform.database.url, tenants)
+    webhooks = register_webhooks(platform.api_url, keys) if profile.webhooks else None
     return {
+        "webhooks": webhooks,
         "condominiums": create_condominiums(platform.api_url, keys, months),
         "workload": {"condominiums": config.condominiums, "seed": config.seed,
                      "period": config.period},
@@ -170,6 +184,23 @@ def seed(
             "tenants": tenants,
         },
     }  # fmt: skip
+
+
+def register_webhooks(api_url: str, keys: list[str]) -> dict[str, Any]:
+    """One webhook per tenant, all to the receiver the locust process serves on loopback."""
+    port = free_port()
+    secrets = []
+    with httpx.Client(base_url=api_url, timeout=30) as api:
+        for key in keys:
+            response = api.post(
+                "/webhooks",
+                json={"url": f"http://127.0.0.1:{port}/hooks", "events": ["batch.succeeded",
+                      "batch.failed"]},
+                headers={"X-API-Key": key},
+            )  # fmt: skip
+            response.raise_for_status()
+            secrets.append(response.json()["secret"])
+    return {"port": port, "secrets": secrets}
 
 
 def run_locust(platform: LocalPlatform, plan_path: Path, out: Path, bound: float) -> int:
@@ -204,9 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         platform = start_platform(
             Path(tmp), database=args.database, limits=profile.limits,
             api_workers=profile.api_workers,
+            extra_env=WEBHOOK_ENV if profile.webhooks else None,
         )  # fmt: skip
         try:
             platform.start_workers(profile.workers, profile.concurrency)
+            if profile.webhooks:
+                platform.start_webhooks_worker()
             plan = seed(platform, profile, config, out)
             plan_path = out / "plan.json"
             plan_path.write_text(json.dumps(plan), encoding="utf-8")

@@ -390,6 +390,8 @@ def test_queue_name_is_one_value_in_config_worker_and_trigger(scenario: str) -> 
         command = cs.container(cs.one(objects, "Deployment", "worker"), "worker")["command"]
         assert command[command.index("-Q") + 1] == expected
         for scaled in cs.by_kind(objects, "ScaledObject"):
+            if scaled["metadata"]["labels"]["app.kubernetes.io/component"] != "worker":
+                continue  # the webhooks ScaledObject reads the webhooks queue
             queued = next(t for t in scaled["spec"]["triggers"] if t["name"] == "queued")
             assert queued["metadata"]["listName"] == expected
 
@@ -400,7 +402,8 @@ def test_scaled_object_sums_queued_and_inflight(scenario: str, objects: list[Obj
     if not values["keda"]["enabled"]:
         assert scaled_objects == []
         return
-    (scaled,) = scaled_objects
+    assert len(scaled_objects) == 2  # the workers and the webhooks Deployment
+    scaled = cs.one(objects, "ScaledObject", "worker")
     spec = scaled["spec"]
     modifiers = spec["advanced"]["scalingModifiers"]
     assert modifiers["formula"] == "queued + inflight"
@@ -531,7 +534,7 @@ def test_external_redis_and_database() -> None:
     components = {
         o["metadata"]["labels"]["app.kubernetes.io/component"] for o in workloads(objects)
     }
-    assert components == {"api", "worker", "migrations"}
+    assert components == {"api", "worker", "webhooks", "migrations"}
     env = cs.env_of(cs.container(cs.one(objects, "Deployment", "api"), "api"))
     assert env["REDIS_URL"]["value"] == "rediss://:$(REDIS_PASSWORD)@redis.example.internal:6380/2"
     scaled = cs.one(objects, "ScaledObject", "worker")
@@ -688,3 +691,60 @@ def test_compose_runs_api_worker_redis_postgres_and_migrations() -> None:
     grace = int(services["worker"]["stop_grace_period"].rstrip("s"))
     values = yaml.safe_load((cs.CHART_DIR / "values.yaml").read_text())
     assert grace > values["worker"]["maxTaskSeconds"]
+
+
+# ---------- webhooks ----------
+
+
+def test_webhooks_have_their_own_deployment_queue_and_scaler(scenario: str) -> None:
+    """Deliveries never share a process with audits: the audit workers consume only the audit
+    queue, a threads-pool Deployment consumes the webhooks queue, and KEDA counts that list."""
+    objects = cs.render(scenario, "webhooks.queue=hooks-prod")
+    values = scenario_values(scenario)
+    config = cs.one(objects, "ConfigMap", "config")["data"]
+    assert config["WEBHOOK_QUEUE"] == "hooks-prod"
+    assert config["WEBHOOK_ALLOW_PRIVATE_URLS"] == "false"
+    worker = cs.container(cs.one(objects, "Deployment", "worker"), "worker")["command"]
+    assert "hooks-prod" not in worker[worker.index("-Q") + 1]
+    hooks = cs.container(cs.one(objects, "Deployment", "webhooks"), "webhooks")["command"]
+    assert hooks[hooks.index("-Q") + 1] == "hooks-prod"
+    assert hooks[hooks.index("--pool") + 1] == "threads"
+    if values["keda"]["enabled"]:
+        scaled = cs.one(objects, "ScaledObject", "webhooks")
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["metadata"]["listName"] == "hooks-prod"
+        assert scaled["spec"]["minReplicaCount"] >= 1
+        assert trigger["authenticationRef"]["name"]
+
+
+def test_webhook_secret_keys_come_from_a_secret(scenario: str, objects: list[Obj]) -> None:
+    import base64
+
+    values = scenario_values(scenario)
+    existing = values.get("webhooks", {}).get("secretKeys", {}).get("existingSecret")
+    for component in ("api", "worker", "webhooks"):
+        env = cs.env_of(cs.container(cs.one(objects, "Deployment", component), component))
+        ref = env["WEBHOOK_SECRET_KEYS"]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == (existing or "condo-audit-webhooks")
+    generated = [
+        s for s in cs.by_kind(objects, "Secret") if s["metadata"]["name"].endswith("webhooks")
+    ]
+    if existing:
+        assert generated == []
+        return
+    (secret,) = generated
+    key = base64.b64decode(secret["data"]["webhook-secret-keys"])
+    assert len(base64.urlsafe_b64decode(key)) == 32  # a Fernet key
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_compose_runs_a_webhooks_worker_like_the_chart() -> None:
+    compose = yaml.safe_load((cs.REPO_ROOT / "docker" / "compose.yaml").read_text())
+    command = compose["services"]["webhooks"]["command"]
+    values = yaml.safe_load((cs.CHART_DIR / "values.yaml").read_text())
+    assert command[command.index("-Q") + 1] == values["webhooks"]["queue"]
+    assert command[command.index("--pool") + 1] == "threads"
+    worker = compose["services"]["worker"]["command"]
+    assert worker[worker.index("-Q") + 1] == "audit"
+    condition = compose["services"]["webhooks"]["depends_on"]["migrations"]["condition"]
+    assert condition == "service_completed_successfully"

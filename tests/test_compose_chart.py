@@ -22,6 +22,7 @@ SERVICES: dict[str, Any] = COMPOSE["services"]
 ROLES = {
     "api": ("Deployment", "api"),
     "worker": ("Deployment", "worker"),
+    "webhooks": ("Deployment", "webhooks"),
     "migrations": ("Job", "migrations"),
     "requeue-lost": ("CronJob", "maintenance"),
 }
@@ -112,16 +113,17 @@ def test_compose_runs_the_chart_s_command(objects: list[Obj], service: str) -> N
     assert SERVICES[service]["command"] == command
 
 
-def test_worker_health_check_and_grace_are_the_chart_s(objects: list[Obj]) -> None:
-    worker = chart_container(objects, "worker")
+@pytest.mark.parametrize("service", ["worker", "webhooks"])
+def test_worker_health_check_and_grace_are_the_chart_s(objects: list[Obj], service: str) -> None:
+    worker = chart_container(objects, service)
     probe = worker["livenessProbe"]["exec"]["command"]
     assert probe[:2] == ["/bin/sh", "-c"]
-    test = SERVICES["worker"]["healthcheck"]["test"]
+    test = SERVICES[service]["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL"
     assert test[1].replace("$$", "$") == probe[2]
-    deployment = cs.one(objects, "Deployment", "worker")
+    deployment = cs.one(objects, "Deployment", service)
     grace = cs.pod_spec(deployment)["terminationGracePeriodSeconds"]
-    assert SERVICES["worker"]["stop_grace_period"] == f"{grace}s"
+    assert SERVICES[service]["stop_grace_period"] == f"{grace}s"
 
 
 def test_api_health_check_is_the_chart_s_liveness_path(objects: list[Obj]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from audit.webhooks.secretbox import new_key
 from tests.support.helpers import active_registration, expense, make_cnpj
 from tests.support.platform import Platform, sqlite_platform_for
 from tests.test_security import protected_routes
@@ -25,6 +26,8 @@ class Owned:
     batch: str
     failed_batch: str
     dead_letter: str
+    webhook: str
+    delivery: str
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Ite
     with sqlite_platform_for(
         tmp_path_factory,
         redis_server,
-        extra_env={"MAX_ATTEMPTS": "1"},
+        extra_env={
+            "MAX_ATTEMPTS": "1",
+            "WEBHOOK_SECRET_KEYS": new_key(),
+            "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+        },
     ) as running:
         yield running
 
@@ -50,6 +57,9 @@ def owned(platform: Platform) -> Owned:
             json={"condominium_id": condominium, "expenses": [expense("a1", gone)]},
         ).json()["task_id"]
         assert platform.wait_for_status(batch, {"SUCCESS"})["status"] == "SUCCESS"
+        hook = client.post(
+            "/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["batch.failed"]}
+        ).json()["id"]
         with platform.sim() as sim:
             sim.post("/_sim/config", json={"cnpjws": {"outage": True}}).raise_for_status()
         try:
@@ -62,8 +72,9 @@ def owned(platform: Platform) -> Owned:
             with platform.sim() as sim:
                 sim.post("/_sim/config", json={"cnpjws": {"outage": False}}).raise_for_status()
         letters = client.get("/dead-letters").json()
+        (delivery,) = client.get(f"/webhooks/{hook}/deliveries").json()
     letter = next(item["id"] for item in letters if item["batch_id"] == failed)
-    return Owned(condominium, batch, failed, letter)
+    return Owned(condominium, batch, failed, letter, hook, delivery["id"])
 
 
 Attempt = Callable[[httpx.Client, Owned, str], httpx.Response]
@@ -108,12 +119,25 @@ ATTEMPTS: dict[tuple[str, str], Attempt] = {
     ("POST", "/dead-letters/{dead_letter_id}/discard"): lambda c, o, _: c.post(
         f"/dead-letters/{o.dead_letter}/discard"
     ),
+    ("GET", "/webhooks/{webhook_id}"): lambda c, o, _: c.get(f"/webhooks/{o.webhook}"),
+    ("DELETE", "/webhooks/{webhook_id}"): lambda c, o, _: c.delete(f"/webhooks/{o.webhook}"),
+    ("POST", "/webhooks/{webhook_id}/rotate-secret"): lambda c, o, _: c.post(
+        f"/webhooks/{o.webhook}/rotate-secret"
+    ),
+    ("GET", "/webhooks/{webhook_id}/deliveries"): lambda c, o, _: c.get(
+        f"/webhooks/{o.webhook}/deliveries"
+    ),
+    ("POST", "/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): lambda c, o, _: c.post(
+        f"/webhooks/{o.webhook}/deliveries/{o.delivery}/redeliver"
+    ),
 }
 # Routes that act on the caller's own records only; checked below by their effect.
 OWN_ONLY = {
     ("POST", "/condominiums"),
     ("GET", "/dead-letters"),
     ("POST", "/dead-letters/replay"),
+    ("POST", "/webhooks"),
+    ("GET", "/webhooks"),
 }
 
 
@@ -140,6 +164,7 @@ def test_another_tenant_gets_404_on_every_record(platform: Platform, owned: Owne
         bulk = intruder.post("/dead-letters/replay", params={"provider": "cnpjws"})
         assert bulk.status_code == 200
         assert bulk.json()["replayed"] == 0
+        assert intruder.get("/webhooks").json() == []
 
     with platform.client() as client:
         # Nothing the intruder did changed the owner's records ...
@@ -151,5 +176,9 @@ def test_another_tenant_gets_404_on_every_record(platform: Platform, owned: Owne
         assert client.get(f"/tasks/{owned.failed_batch}").json()["status"] == "FAILURE"
         findings = client.get("/findings", params={"condominium_id": owned.condominium}).json()
         assert findings["total"] >= 1
+        assert client.get(f"/webhooks/{owned.webhook}").status_code == 200
+        (delivery,) = client.get(f"/webhooks/{owned.webhook}/deliveries").json()
+        assert delivery["id"] == owned.delivery
+        assert delivery["attempts"] == 0  # no webhooks worker here: never attempted
         # ... and the owner cannot see the intruder's condominium either.
         assert client.get(f"/condominiums/{own}").status_code == 404

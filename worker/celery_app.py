@@ -10,6 +10,7 @@ from celery import Celery
 from audit.settings import Settings, get_settings
 
 PROCESS_BATCH_TASK = "audit.process_batch_expenses"
+DELIVER_WEBHOOK_TASK = "webhooks.deliver"
 
 
 def celery_config(settings: Settings) -> dict[str, object]:
@@ -24,7 +25,12 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "enable_utc": True,
         # All audit work goes to one named queue, the list KEDA reads.
         "task_default_queue": settings.audit_queue,
-        "task_routes": {"audit.*": {"queue": settings.audit_queue}},
+        # Webhook deliveries have a queue of their own, so a slow receiver never holds a
+        # process that audits wait for (its workers run apart; see worker/webhook_tasks.py).
+        "task_routes": {
+            "audit.*": {"queue": settings.audit_queue},
+            "webhooks.*": {"queue": settings.webhook_queue},
+        },
         "task_create_missing_queues": True,
         # A killed or scaled-in worker must not lose its message.
         "task_acks_late": True,
@@ -56,10 +62,12 @@ def celery_config(settings: Settings) -> dict[str, object]:
 def create_celery_app(settings: Settings | None = None) -> Celery:
     from worker import telemetry
     from worker.heartbeat import HeartbeatFile
+    from worker.webhook_dispatch import WebhookDispatcher
 
-    app = Celery("condo_audit", include=["worker.tasks"])
+    app = Celery("condo_audit", include=["worker.tasks", "worker.webhook_tasks"])
     app.conf.update(celery_config(settings or get_settings()))
     app.steps["worker"].add(HeartbeatFile)
+    app.steps["worker"].add(WebhookDispatcher)
     telemetry.install(app)
     return app
 

@@ -32,6 +32,7 @@ from audit.providers.base import ProviderError, ProviderRateLimited, RateLimitWa
 from audit.retry import RetryPolicy
 from worker.celery_app import PROCESS_BATCH_TASK, app
 from worker.runtime import WorkerRuntime, runtime
+from worker.webhook_dispatch import publish_new_for_batch
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def audit_batch(task: Task, rt: WorkerRuntime, batch_id: str) -> tuple[dict[str,
         retry_later(task, countdown)
     except ProviderError as error:
         count_failure(task, rt, batch_id, error.provider, str(error), retry_reason(error))
+    publish_new_for_batch(rt.sessions, batch_id)  # the outbox rows committed with SUCCESS
     return {"batch_id": batch_id, **summary}, "success"
 
 
@@ -160,6 +162,7 @@ def count_failure(
             policy=rt.retry_policy,
         )
     if decision.countdown is None:
+        publish_new_for_batch(rt.sessions, batch_id)  # the outbox rows committed with FAILURE
         metrics.DEAD_LETTERS.labels(PROCESS_BATCH_TASK, provider).inc()
         log.error(
             "batch %s dead-lettered after %d attempts: %s",

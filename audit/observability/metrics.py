@@ -89,6 +89,23 @@ SUPPLIER_CACHE = Counter(
     ["result"],
 )
 
+WEBHOOK_DELIVERIES = Counter(
+    f"{PREFIX}_webhook_deliveries",
+    "Webhook delivery attempts by event and outcome (delivered, retry_scheduled, failed: the "
+    "last attempt failed, refused_url: the receiver's address is not allowed)",
+    ["event", "outcome"],
+)
+WEBHOOK_DELIVERY_DURATION = Histogram(
+    f"{PREFIX}_webhook_delivery_duration_seconds",
+    "Time a webhook receiver took to answer one attempt",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+WEBHOOK_DISPATCHED = Counter(
+    f"{PREFIX}_webhook_dispatched",
+    "Deliveries the dispatcher enqueued because they came due (retries, lost messages)",
+)
+
 
 def multiprocess_dir() -> str | None:
     """prometheus_client's own variable: set, every process writes its samples there."""

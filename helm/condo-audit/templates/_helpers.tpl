@@ -157,6 +157,15 @@ else a new random one. Call with (dict "root" $ "name" <secret> "key" <key> "val
 {{- end -}}
 {{- end -}}
 
+{{/* The Fernet keys that encrypt webhook signing secrets: the chart's Secret or the user's. */}}
+{{- define "condo-audit.webhooks.secretName" -}}
+{{- default (include "condo-audit.componentName" (dict "root" . "component" "webhooks")) .Values.webhooks.secretKeys.existingSecret -}}
+{{- end -}}
+
+{{- define "condo-audit.webhooks.secretKey" -}}
+{{- if .Values.webhooks.secretKeys.existingSecret -}}{{- .Values.webhooks.secretKeys.existingSecretKey -}}{{- else -}}webhook-secret-keys{{- end -}}
+{{- end -}}
+
 {{/* ---------- Environment ---------- */}}
 
 {{/*
@@ -209,6 +218,11 @@ them with Kubernetes' $(VAR) expansion, so no URL holding a password is ever ren
 {{- define "condo-audit.env.app" -}}
 {{ include "condo-audit.env.connections" .root }}
 {{ include "condo-audit.env.providerSecrets" .root }}
+- name: WEBHOOK_SECRET_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "condo-audit.webhooks.secretName" .root }}
+      key: {{ include "condo-audit.webhooks.secretKey" .root }}
 - name: OTEL_SERVICE_NAME
   value: {{ printf "condo-audit-%s" .component | quote }}
 {{- end -}}
@@ -239,6 +253,9 @@ them with Kubernetes' $(VAR) expansion, so no URL holding a password is ever ren
 {{- end -}}
 {{- if and (not .Values.redis.enabled) (not .Values.externalRedis.existingSecret) (not .Values.externalRedis.password) -}}
 {{- fail "redis.enabled is false: set externalRedis.existingSecret or externalRedis.password (the platform requires an authenticated Redis)" -}}
+{{- end -}}
+{{- if lt (int .Values.webhooks.maxReplicaCount) (int .Values.webhooks.minReplicaCount) -}}
+{{- fail "webhooks.maxReplicaCount must be >= webhooks.minReplicaCount" -}}
 {{- end -}}
 {{- if and .Values.keda.enabled (lt (int .Values.keda.maxReplicaCount) (int .Values.keda.minReplicaCount)) -}}
 {{- fail "keda.maxReplicaCount must be >= keda.minReplicaCount" -}}
