@@ -402,9 +402,20 @@ def test_pluggy_429_retry_after_holds_the_fleet_back(
 # A task's retry policy, at the provider level -------------------------------------------------
 
 
-def _task_like(redis_url: str, sim_url: str, cnpjs: list[str], max_attempts: int, out: Any) -> None:
+def _task_like(
+    redis_url: str,
+    sim_url: str,
+    cnpjs: list[str],
+    max_attempts: int,
+    out: Any,
+    ready: Any = None,
+    go: Any = None,
+) -> None:
     """Look every CNPJ up the way the audit task does: limiter waits and 429s reschedule
-    without counting; other provider failures count, with backoff; max_attempts then dead."""
+    without counting; other provider failures count, with backoff; max_attempts then dead.
+
+    ready/go: a start line, so that faults set after every process is up are all met by it
+    (a spawned process can take seconds to start on a busy machine)."""
     redis = Redis.from_url(redis_url)
     settings = Settings(
         cnpjws_base_url=f"{sim_url}/cnpjws",
@@ -417,6 +428,9 @@ def _task_like(redis_url: str, sim_url: str, cnpjs: list[str], max_attempts: int
     )
     providers = build_providers(settings, redis)
     outcome = {"success": 0, "dead": 0, "reschedules": 0, "failed_attempts": 0}
+    if ready is not None and go is not None:
+        ready.release()
+        go.wait(timeout=120)
     for cnpj in cnpjs:
         attempts = 0
         while True:
@@ -445,20 +459,31 @@ def test_429_storm_and_outage_end_in_success(
 ) -> None:
     """Done-means (3) at the provider level: 4 processes through a 4 s outage and then a
     storm of 12 429s; every lookup succeeds and nothing is dead-lettered."""
-    sim.configure(
-        cnpjws={"fail_next": 12, "fail_status": 429, "retry_after": True, "outage_seconds": 4}
-    )
     ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
+    out, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
     workers = [
         ctx.Process(
             target=_task_like,
-            args=(redis_url, sim.url, [cnpj_from(1000 * p + i) for i in range(10)], 5, out),
+            args=(
+                redis_url,
+                sim.url,
+                [cnpj_from(1000 * p + i) for i in range(10)],
+                5,
+                out,
+                ready,
+                go,
+            ),
         )
         for p in range(4)
     ]
     for worker in workers:
         worker.start()
+    for _ in workers:
+        assert ready.acquire(timeout=120), "a lookup process did not start"
+    sim.configure(
+        cnpjws={"fail_next": 12, "fail_status": 429, "retry_after": True, "outage_seconds": 4}
+    )
+    go.set()
     outcomes = [out.get(timeout=120) for _ in workers]
     for worker in workers:
         worker.join(timeout=10)
