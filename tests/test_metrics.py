@@ -3,6 +3,9 @@ queue signal) and a prefork worker's METRICS_PORT (its children's samples, merge
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -247,3 +250,17 @@ def test_metrics_and_probes_are_not_counted_as_traffic(metered: Platform) -> Non
     api = api_samples(metered)
     assert value(api, "condo_audit_http_requests_total", route="/tasks/{task_id}", status="404")
     assert value(api, "condo_audit_http_requests_total", route="<unmatched>", status="404")
+
+
+def test_metrics_import_creates_a_missing_multiprocess_directory(tmp_path: Path) -> None:
+    """A pod's /tmp starts empty: importing the metrics must not fail on the missing dir."""
+    directory = tmp_path / "not-yet" / "prometheus"
+    result = subprocess.run(
+        [sys.executable, "-c", "import audit.observability.metrics"],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert directory.is_dir()

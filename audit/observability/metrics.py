@@ -32,6 +32,11 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 _TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 _WAIT_BUCKETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
+# In multiprocess mode an unlabelled metric opens its file as it is defined, below: the
+# directory (an emptyDir or tmpfs in the pods, empty at start) must exist before that.
+if _multiprocess_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(_multiprocess_dir, exist_ok=True)
+
 # API
 HTTP_REQUESTS = Counter(
     f"{PREFIX}_http_requests",
