@@ -59,6 +59,8 @@ import psycopg
 import redis
 import yaml
 
+from simulator.webhook_receiver import Received, WebhookReceiver
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = REPO_ROOT / "helm" / "condo-audit"
 DEFAULT_VALUES = CHART_DIR / "ci" / "podman.yaml"
@@ -689,6 +691,36 @@ def sample_batch(api: httpx.Client, simulator: str) -> tuple[str, str]:
     return condominium_id, task_id
 
 
+def subscribe(api: httpx.Client, receiver: WebhookReceiver) -> None:
+    """Register the host's receiver for the batch events (private URLs allowed in podman.yaml)."""
+    created = api.post(
+        "/webhooks",
+        json={"url": receiver.url, "events": ["batch.succeeded", "batch.failed"]},
+    )
+    if created.status_code != 201:
+        raise PodFailure(f"POST /webhooks: {created.status_code} {created.text}")
+    receiver.secret = str(created.json()["secret"])
+
+
+def delivered(receiver: WebhookReceiver, task_id: str, webhooks: PodRun) -> dict[str, Any]:
+    """The sample's batch.succeeded reached the host, signed. Only the webhooks container
+    consumes the webhooks queue here, so a delivery at all means that container sent it."""
+    deadline = time.monotonic() + 60
+    mine: list[Received] = []
+    while not mine and time.monotonic() < deadline:
+        # The sample's history batches are delivered too; this one is the sample's own.
+        mine = [r for r in receiver.deliveries() if r.json()["data"]["task_id"] == task_id]
+        time.sleep(0.2)
+    if not mine:
+        raise PodFailure(f"no webhook delivery for {task_id} from {webhooks.name}")
+    received = mine[0]
+    body = received.json()
+    if not received.verified or body["type"] != "batch.succeeded":
+        raise PodFailure(f"webhook delivery not as expected: {received.problem} {body}")
+    log(f"webhook {body['type']} for {task_id}: signature verified ({received.message_id})")
+    return {"type": body["type"], "verified": received.verified}
+
+
 def sigterm_mid_batch(
     api: httpx.Client, simulator: str, condominium_id: str, worker: PodRun
 ) -> dict[str, Any]:
@@ -775,6 +807,10 @@ def image_user(image: str) -> str:
     return podman("image", "inspect", "--format", "{{.Config.User}}", image).strip()
 
 
+# Pods that keep running (probed, hardened, checked again after the work).
+LONG_RUNNING = ("api", "worker", "webhooks")
+
+
 def run(helm: str, values: list[Path]) -> None:
     run_id = uuid.uuid4().hex[:6]
     objects = render_chart(helm, values)
@@ -783,6 +819,7 @@ def run(helm: str, values: list[Path]) -> None:
         "migrations": component_object(objects, "Job", "migrations"),
         "api": component_object(objects, "Deployment", "api"),
         "worker": component_object(objects, "Deployment", "worker"),
+        "webhooks": component_object(objects, "Deployment", "webhooks"),
         "maintenance": component_object(objects, "CronJob", "maintenance"),
     }
     image = pod_template(specs["api"])["spec"]["containers"][0]["image"]
@@ -807,9 +844,9 @@ def run(helm: str, values: list[Path]) -> None:
                 raise PodFailure(f"migrations Job exited {code}:\n{output[-3000:]}")
             log(f"migrations Job: exit 0 in {time.monotonic() - started:.1f} s")
 
-            for component in ("api", "worker"):
+            for component in LONG_RUNNING:
                 start(pods[component])
-            for component in ("api", "worker"):
+            for component in LONG_RUNNING:
                 require_probes(pods[component], pods[component].name)
                 verify_security(pods[component], pods[component].name)
 
@@ -820,11 +857,16 @@ def run(helm: str, values: list[Path]) -> None:
             )
             log(f"tenant {tenant['tenant_id']} created with the CLI inside the API container")
             headers = {"X-API-Key": tenant["api_key"]}
-            with httpx.Client(
-                base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=30
-            ) as api:
+            with (
+                httpx.Client(
+                    base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=30
+                ) as api,
+                WebhookReceiver() as receiver,
+            ):
+                subscribe(api, receiver)
                 condominium_id, task_id = sample_batch(api, services["simulator"])
                 processed_by(pods["worker"], task_id)
+                figures["webhook"] = delivered(receiver, task_id, pods["webhooks"])
 
                 started = time.monotonic()
                 code, output = run_to_completion(pods["maintenance"], 300)
@@ -834,7 +876,7 @@ def run(helm: str, values: list[Path]) -> None:
                 log(f"  {output.strip().splitlines()[-1] if output.strip() else '(no output)'}")
 
                 # The probes still pass after the work.
-                for component in ("api", "worker"):
+                for component in LONG_RUNNING:
                     require_probe(pods[component], pods[component].name, "livenessProbe")
                 figures["sigterm"] = sigterm_mid_batch(
                     api, services["simulator"], condominium_id, pods["worker"]
