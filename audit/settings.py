@@ -12,13 +12,19 @@ from functools import lru_cache
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The one local default: `condo-audit run` keeps its state here, and every other command
+# (`db upgrade`, `tenants create`, the API and workers started by hand) finds the same
+# database when DATABASE_URL is unset. Relative to the working directory.
+LOCAL_STATE_DIR = ".local"
+DEFAULT_DATABASE_URL = f"sqlite:///{LOCAL_STATE_DIR}/condo-audit.db"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
     # Infrastructure
     redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "sqlite:///./condo_audit.db"
+    database_url: str = DEFAULT_DATABASE_URL
     audit_queue: str = Field(
         default="audit", description="Celery queue for audit work; KEDA scales on this list."
     )
