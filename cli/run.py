@@ -81,6 +81,60 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run.set_defaults(handler=run_platform)
 
+    sample = subparsers.add_parser("sample", help="the bundled sample batch")
+    actions = sample.add_subparsers(dest="action", required=True)
+    seed = actions.add_parser(
+        "seed-simulator",
+        help="load the sample's supplier registrations and bank transactions into a running "
+        "simulator, as `condo-audit run` does",
+    )
+    seed.add_argument(
+        "--simulator-url",
+        default="http://127.0.0.1:8100",
+        help="the simulator started with `python -m simulator` (default http://127.0.0.1:8100)",
+    )
+    seed.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=30.0,
+        help="how long to wait for the simulator to answer (default 30)",
+    )
+    seed.set_defaults(handler=run_seed_simulator)
+
+
+def run_seed_simulator(args: argparse.Namespace) -> int:
+    sample = load_sample()
+    deadline = time.monotonic() + args.wait_seconds
+    while True:
+        try:
+            seed_simulator(args.simulator_url, sample)
+            break
+        except httpx.TransportError as exc:
+            if time.monotonic() >= deadline:
+                raise CliError(
+                    f"the simulator at {args.simulator_url} does not answer ({exc}); start it "
+                    "with `python -m simulator --port 8100` or pass --simulator-url"
+                ) from None
+            time.sleep(0.5)
+    print(
+        f"simulator  {args.simulator_url}: {len(sample['registrations'])} supplier "
+        f"registrations, {len(sample['transactions'])} bank transactions of account "
+        f"{sample['condominium']['pluggy_account_id']!r}"
+    )
+    return 0
+
+
+def seed_simulator(simulator_url: str, sample: dict[str, Any]) -> None:
+    """The sample's suppliers (as the registry knows them) and the condominium's bank
+    transactions, so the sample batch audits to its documented findings."""
+    with httpx.Client(base_url=simulator_url, timeout=10) as sim:
+        for cnpj, registration in sample["registrations"].items():
+            sim.put(f"/_sim/registrations/{cnpj}", json=registration).raise_for_status()
+        account = sample["condominium"]["pluggy_account_id"]
+        sim.put(
+            f"/_sim/accounts/{account}/transactions", json=sample["transactions"]
+        ).raise_for_status()
+
 
 def check_port_free(port: int, option: str) -> None:
     """Fail before starting anything when a port is taken, naming the option that sets it."""
@@ -249,11 +303,7 @@ def audit_sample(
         tenant = create_tenant(session, "Administradora Exemplo")
         key = issue_key(session, tenant.id, name="local run")
     print(f"\ntenant     {tenant.id}\napi key    {key.secret}  (shown once)")
-    with httpx.Client(base_url=simulator_url, timeout=10) as sim:
-        for cnpj, registration in sample["registrations"].items():
-            sim.put(f"/_sim/registrations/{cnpj}", json=registration).raise_for_status()
-        account = sample["condominium"]["pluggy_account_id"]
-        sim.put(f"/_sim/accounts/{account}/transactions", json=sample["transactions"])
+    seed_simulator(simulator_url, sample)
     headers = {"X-API-Key": key.secret}
     with httpx.Client(base_url=api_url, headers=headers, timeout=30) as api:
         created = api.post("/condominiums", json=sample["condominium"])
