@@ -36,6 +36,9 @@ OPS_EXTRA_MODULES = frozenset({"kubernetes", "matplotlib", "yaml"})
 MISSING_SCHEMA_SIGNS = ("no such table", "no such column", "undefinedtable", "undefinedcolumn")
 
 
+DEBUG_HINT = "(condo-audit --debug ... shows the traceback)"
+
+
 class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
@@ -95,10 +98,10 @@ def describe_error(exc: Exception) -> tuple[str, int]:
                 "run `condo-audit db upgrade`",
                 2,
             )
-        return f"database error at {where}: {detail}", 1
+        return f"database error at {where}: {detail} {DEBUG_HINT}", 1
     if isinstance(exc, RedisError):
-        return f"Redis error: {first_line(exc)} (is REDIS_URL right and Redis running?)", 1
-    return f"{type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)", 1
+        return f"Redis error: {first_line(exc)} (is REDIS_URL right?) {DEBUG_HINT}", 1
+    return f"{type(exc).__name__}: {first_line(exc)} {DEBUG_HINT}", 1
 
 
 def database_location() -> str:
