@@ -44,6 +44,7 @@ class Settings(BaseSettings):
         if os.path.isabs(path) or path.startswith("file:"):
             return value
         return url.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
+
     audit_queue: str = Field(
         default="audit", description="Celery queue for audit work; KEDA scales on this list."
     )
