@@ -8,6 +8,8 @@ import argparse
 import json
 import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from sqlalchemy.exc import OperationalError
 
 from audit.settings import DEFAULT_DATABASE_URL, get_settings
 from cli.main import build_parser, main
-from cli.run import STATE_DIR
+from cli.processes import free_port
+from cli.run import STATE_DIR, rotate_logs
 
 
 @pytest.fixture
@@ -106,9 +109,44 @@ def test_a_busy_port_is_named_by_its_option(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert main(["run", option, str(port), "--exit-after-sample"]) == 2
+        ports = {"--api-port": str(free_port()), "--simulator-port": str(free_port())}
+        ports[option] = str(port)
+        argv = ["run", "--exit-after-sample", *(x for pair in ports.items() for x in pair)]
+        assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert f"port {port} on 127.0.0.1 is already in use" in err
     assert f"choose another with {option}" in err
     assert not (workdir / ".local").exists()  # nothing was started
+
+
+def test_local_logs_keep_two_runs_whatever_the_number_of_runs(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    for run in range(5):
+        rotate_logs(logs)
+        logs.mkdir(exist_ok=True)
+        for name in ("redis", "worker", "api-8000"):
+            (logs / f"{name}.log").write_text(f"run {run}\n")
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        f"{name}.log{suffix}" for name in ("redis", "worker", "api-8000") for suffix in ("", ".1")
+    )
+    assert (logs / "redis.log").read_text() == "run 4\n"
+    assert (logs / "redis.log.1").read_text() == "run 3\n"
+
+
+def test_a_reader_that_goes_away_is_not_an_error(workdir: Path) -> None:
+    """`condo-audit tenants list | head -1`: no traceback, no error line."""
+    assert main(["db", "upgrade"]) == 0
+    for k in range(3):
+        assert main(["tenants", "create", f"Administradora {k}"]) == 0
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "cli", "tenants", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=workdir,
+    )
+    assert listing.stdout is not None
+    listing.stdout.close()  # the reader is gone before the first line is written
+    _, err = listing.communicate(timeout=60)
+    assert err == b""
+    assert listing.returncode == 0
