@@ -4,7 +4,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# Two installs from the same lock: the runtime (what `make run` needs) and the development
+# tools on top (what `make test` and `make lint` need). Each stamp says which is in .venv.
+RUN_STAMP := $(VENV)/.runtime-stamp
+DEV_STAMP := $(VENV)/.dev-stamp
+# Independent test files run in this many processes (pytest-xdist; each has its own
+# redis-server and databases); `make test PYTEST_WORKERS=0` runs them in one.
+PYTEST_WORKERS ?= 2
 ARGS   ?=
 # uv, pinned, in a virtualenv of its own under .tools/ (the project's venv stays uv-free).
 UV_VERSION := 0.13.8
@@ -13,31 +19,44 @@ export UV_PYTHON_DOWNLOADS := never
 # The system CA store (where a TLS-inspecting egress installs its CA), not uv's bundled one.
 export UV_SYSTEM_CERTS := 1
 
-.PHONY: install lock run test lint clean
+.PHONY: install install-runtime lock run test test-fast lint clean
 
-install: $(STAMP)
+install: $(DEV_STAMP)  ## the development venv: runtime, ops extra and dev tools
+
+install-runtime: $(RUN_STAMP)  ## only what the platform runs on (no ops extra, no dev tools)
 
 $(UV):
 	$(PYTHON) -m venv .tools/uv
 	.tools/uv/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
 # --frozen: install exactly the lock, never re-resolve; fails when pyproject.toml and uv.lock
-# disagree (tests/test_lock.py says so too). --inexact keeps pip in the venv for the scripts.
-$(STAMP): pyproject.toml uv.lock | $(UV)
+# disagree (tests/test_lock.py says so too). --inexact keeps pip in the venv for the scripts,
+# and keeps the dev tools when `make run` follows `make test`.
+$(RUN_STAMP): pyproject.toml uv.lock | $(UV)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --python $(BIN)/python
+	@touch $(RUN_STAMP)
+
+$(DEV_STAMP): pyproject.toml uv.lock | $(UV)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --inexact --extra dev --python $(BIN)/python
-	@touch $(STAMP)
+	@touch $(DEV_STAMP) $(RUN_STAMP)
 
 lock: $(UV)
 	$(UV) lock --python $(PYTHON) $(ARGS)
 
-run: $(STAMP)  ## the platform on embedded defaults; audits the sample batch, serves until Ctrl-C
+run: $(RUN_STAMP)  ## the platform on embedded defaults; audits the sample batch, serves until Ctrl-C
 	$(BIN)/condo-audit run $(ARGS)
 
-test: $(STAMP)  ## the test suite against real Redis, SQLite, PostgreSQL (when it answers) and workers
-	$(BIN)/python -m pytest $(ARGS)
+# The whole suite against real Redis, SQLite, PostgreSQL (when it answers) and workers.
+# --dist loadfile keeps each file in one process, so a module's platform starts once.
+test: $(DEV_STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(ARGS)
 
-lint: $(STAMP)
+test-fast: $(DEV_STAMP)  ## the tests that start no process (under a minute)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .

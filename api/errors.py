@@ -27,6 +27,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 # What any authenticated route may answer besides its own codes (documented in OpenAPI).
 AUTHENTICATED_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not parseable JSON"},
+    415: {"description": "A body sent without Content-Type: application/json"},
     401: {"description": "Missing, invalid or revoked X-API-Key"},
     413: {"description": "Request body larger than MAX_REQUEST_BYTES"},
     429: {"description": "Over the tenant's request rate; see Retry-After"},
@@ -70,9 +71,38 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """422 names each bad field; but a body that is not JSON at all is the client's framing,
+    not a field: 415 for a body sent as another media type, 400 for JSON that does not parse."""
     assert isinstance(exc, RequestValidationError)
-    return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+    content_type = request.headers.get("content-type")
+    # FastAPI hands the raw bytes to validation when the Content-Type is not JSON.
+    if isinstance(exc.body, bytes) and exc.body and not is_json_media_type(content_type):
+        sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        return AsciiJSONResponse(
+            {
+                "detail": f"the request body must be JSON sent with Content-Type: "
+                f"application/json; this request had {sent}"
+            },
+            status_code=415,
+        )
+    errors = exc.errors()
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            position = error["loc"][1] if len(error.get("loc", ())) > 1 else "?"
+            reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+            return AsciiJSONResponse(
+                {"detail": f"the body is not valid JSON: {reason} at character {position}"},
+                status_code=400,
+            )
+    return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -128,6 +128,9 @@ class FindingOut(BaseModel):
     batch_id: str
     condominium_id: str
     expense_id: int | None
+    expense_external_id: str | None = Field(
+        description="The expense's external_id, as the client sent it in the batch"
+    )
     rule_code: str
     severity: str
     message: str

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding
@@ -196,7 +196,12 @@ def list_findings(
     if flt.severity is not None:
         query = query.where(Finding.severity == flt.severity)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    page = session.scalars(query.order_by(Finding.id).offset(offset).limit(limit))
+    page = session.scalars(
+        query.options(joinedload(Finding.expense).load_only(Expense.external_id))
+        .order_by(Finding.id)
+        .offset(offset)
+        .limit(limit)
+    )
     return list(page), total
 
 

@@ -10,10 +10,17 @@ from pathlib import Path
 import sqlalchemy
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def ensure_sqlite_directory(database_url: str) -> None:
+    """SQLite creates its file but not the folder: make it, so `.local/` needs no setup."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def make_engine(database_url: str) -> Engine:
@@ -21,6 +28,7 @@ def make_engine(database_url: str) -> Engine:
     # `sqlalchemy.create_engine` is looked up at call time, so that the SQLAlchemy
     # instrumentation installed after import (tracing on) wraps the engines made here.
     if database_url.startswith("sqlite"):
+        ensure_sqlite_directory(database_url)
         engine = sqlalchemy.create_engine(
             database_url, connect_args={"timeout": 30, "check_same_thread": False}
         )
@@ -65,4 +73,5 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade_database(database_url: str, revision: str = "head") -> None:
     """Bring the schema to `revision`; safe to run on every start."""
+    ensure_sqlite_directory(database_url)
     command.upgrade(alembic_config(database_url), revision)

@@ -186,6 +186,13 @@ class Finding(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+    expense: Mapped[Expense | None] = relationship(viewonly=True)
+
+    @property
+    def expense_external_id(self) -> str | None:
+        """The client's own id of the expense (its `external_id`); the integer is ours."""
+        return self.expense.external_id if self.expense is not None else None
+
 
 class AuditLogEntry(Base):
     __tablename__ = "audit_log"

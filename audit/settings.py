@@ -7,10 +7,19 @@ name in upper case (``REDIS_URL``, ``DATABASE_URL``, ...).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# The one local default: `condo-audit run` keeps its state here, and every other command
+# (`db upgrade`, `tenants create`, the API and workers started by hand) finds the same
+# database when DATABASE_URL is unset. Relative to the working directory.
+LOCAL_STATE_DIR = ".local"
+DEFAULT_DATABASE_URL = f"sqlite:///{LOCAL_STATE_DIR}/condo-audit.db"
 
 
 class Settings(BaseSettings):
@@ -18,7 +27,24 @@ class Settings(BaseSettings):
 
     # Infrastructure
     redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "sqlite:///./condo_audit.db"
+    database_url: str = DEFAULT_DATABASE_URL
+
+    @field_validator("database_url")
+    @classmethod
+    def _absolute_sqlite_path(cls, value: str) -> str:
+        """A relative SQLite path means the working directory's file: made absolute once,
+        so the processes started from here and every engine open that same file."""
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            return value  # not a URL: the engine will say so
+        path = url.database
+        if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+            return value
+        if os.path.isabs(path) or path.startswith("file:"):
+            return value
+        return url.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
+
     audit_queue: str = Field(
         default="audit", description="Celery queue for audit work; KEDA scales on this list."
     )

@@ -110,8 +110,14 @@ def redis_server_path() -> str:
 
 
 def start_redis(
-    port: int, data_dir: Path, log_dir: Path, *, appendonly: bool = False
+    port: int,
+    data_dir: Path,
+    log_dir: Path,
+    *,
+    appendonly: bool = False,
+    name: str | None = None,
 ) -> ManagedProcess:
+    """`name` names the log file (default `redis-PORT`): a fixed one keeps a single log."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         redis_server_path(),
@@ -123,7 +129,7 @@ def start_redis(
         "--maxmemory-policy", "noeviction",
         "--dir", str(data_dir),
     ]  # fmt: skip
-    process = spawn(f"redis-{port}", argv, {}, log_dir)
+    process = spawn(name or f"redis-{port}", argv, {}, log_dir)
     client = Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
     wait_for(client.ping, f"redis-server on port {port}", 15, process)
     client.close()

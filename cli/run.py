@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import time
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ import httpx
 from audit.auth import create_tenant, issue_key
 from audit.db import session_scope, upgrade_database
 from audit.observability.tracing import tracing_requested
-from audit.settings import Settings
+from audit.settings import LOCAL_STATE_DIR, Settings
 from audit.webhooks.secretbox import new_key
 from cli.main import CliError
 from cli.processes import (
@@ -36,19 +37,115 @@ from cli.processes import (
 )
 from simulator.webhook_receiver import Received, WebhookReceiver
 
-STATE_DIR = Path(".local")
+STATE_DIR = Path(LOCAL_STATE_DIR)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subparsers.add_parser("run", help="run the platform locally and audit the sample batch")
-    run.add_argument("--api-port", type=int, default=8000)
-    run.add_argument("--simulator-port", type=int, default=8100)
-    run.add_argument("--worker-concurrency", type=int, default=2)
-    run.add_argument(
-        "--exit-after-sample", action="store_true", help="stop once the sample is audited"
+    run = subparsers.add_parser(
+        "run",
+        help="run the platform locally and audit the sample batch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--no-sample", action="store_true", help="start the platform only")
+    run.add_argument(
+        "--api-port",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="loopback port of the API: http://127.0.0.1:PORT, docs at /docs (default 8000)",
+    )
+    run.add_argument(
+        "--simulator-port",
+        type=int,
+        default=8100,
+        metavar="PORT",
+        help="loopback port of the provider simulator standing in for CNPJ.ws, minha-receita "
+        "and Pluggy (default 8100)",
+    )
+    run.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="Celery processes of the audit worker (default 2)",
+    )
+    run.add_argument(
+        "--exit-after-sample",
+        action="store_true",
+        help="stop everything once the sample batch is audited (instead of serving)",
+    )
+    run.add_argument(
+        "--no-sample",
+        action="store_true",
+        help="start the platform only: no tenant, no sample batch, no webhook",
+    )
     run.set_defaults(handler=run_platform)
+
+    sample = subparsers.add_parser("sample", help="the bundled sample batch")
+    actions = sample.add_subparsers(dest="action", required=True)
+    seed = actions.add_parser(
+        "seed-simulator",
+        help="load the sample's supplier registrations and bank transactions into a running "
+        "simulator, as `condo-audit run` does",
+    )
+    seed.add_argument(
+        "--simulator-url",
+        default="http://127.0.0.1:8100",
+        help="the simulator started with `python -m simulator` (default http://127.0.0.1:8100)",
+    )
+    seed.add_argument(
+        "--wait-seconds",
+        type=float,
+        default=30.0,
+        help="how long to wait for the simulator to answer (default 30)",
+    )
+    seed.set_defaults(handler=run_seed_simulator)
+
+
+def run_seed_simulator(args: argparse.Namespace) -> int:
+    sample = load_sample()
+    deadline = time.monotonic() + args.wait_seconds
+    while True:
+        try:
+            seed_simulator(args.simulator_url, sample)
+            break
+        except httpx.TransportError as exc:
+            if time.monotonic() >= deadline:
+                raise CliError(
+                    f"the simulator at {args.simulator_url} does not answer ({exc}); start it "
+                    "with `python -m simulator --port 8100` or pass --simulator-url"
+                ) from None
+            time.sleep(0.5)
+    print(
+        f"simulator  {args.simulator_url}: {len(sample['registrations'])} supplier "
+        f"registrations, {len(sample['transactions'])} bank transactions of account "
+        f"{sample['condominium']['pluggy_account_id']!r}"
+    )
+    return 0
+
+
+def seed_simulator(simulator_url: str, sample: dict[str, Any]) -> None:
+    """The sample's suppliers (as the registry knows them) and the condominium's bank
+    transactions, so the sample batch audits to its documented findings."""
+    with httpx.Client(base_url=simulator_url, timeout=10) as sim:
+        for cnpj, registration in sample["registrations"].items():
+            sim.put(f"/_sim/registrations/{cnpj}", json=registration).raise_for_status()
+        account = sample["condominium"]["pluggy_account_id"]
+        sim.put(
+            f"/_sim/accounts/{account}/transactions", json=sample["transactions"]
+        ).raise_for_status()
+
+
+def check_port_free(port: int, option: str) -> None:
+    """Fail before starting anything when a port is taken, naming the option that sets it."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise CliError(
+                f"port {port} on 127.0.0.1 is already in use; stop what holds it or choose "
+                f"another with {option} (e.g. {option} {free_port()})"
+            ) from None
 
 
 def load_sample() -> dict[str, Any]:
@@ -58,20 +155,19 @@ def load_sample() -> dict[str, Any]:
 
 
 def run_platform(args: argparse.Namespace) -> int:
+    check_port_free(args.api_port, "--api-port")
+    check_port_free(args.simulator_port, "--simulator-port")
     STATE_DIR.mkdir(exist_ok=True)
     log_dir = STATE_DIR / "logs"
+    rotate_logs(log_dir)
     env: dict[str, str] = {"PYTHONPATH": str(Path.cwd())}
     processes: list[ManagedProcess] = []
     try:
         if "REDIS_URL" not in os.environ:
             port = free_port()
-            processes.append(start_redis(port, STATE_DIR / "redis", log_dir))
+            processes.append(start_redis(port, STATE_DIR / "redis", log_dir, name="redis"))
             env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
             print(f"redis      private redis-server on 127.0.0.1:{port}")
-        env.setdefault(
-            "DATABASE_URL",
-            os.environ.get("DATABASE_URL", f"sqlite:///{(STATE_DIR / 'condo-audit.db').resolve()}"),
-        )
         simulator_url = f"http://127.0.0.1:{args.simulator_port}"
         for name, path in (
             ("CNPJWS_BASE_URL", "cnpjws"),
@@ -146,6 +242,17 @@ def run_platform(args: argparse.Namespace) -> int:
             process.stop()
 
 
+def rotate_logs(log_dir: Path) -> None:
+    """Each run writes fresh logs under fixed names and keeps the previous run's as
+    NAME.log.1, so .local/logs holds two runs at most, however many runs there were."""
+    if not log_dir.is_dir():
+        return
+    for old in log_dir.glob("*.log.1"):
+        old.unlink()
+    for log in log_dir.glob("*.log"):
+        log.rename(log.with_name(log.name + ".1"))
+
+
 def tracing_destination() -> str:
     """Where the API and the worker send spans: the OTEL_* variables pass through as set."""
     if not tracing_requested():
@@ -196,11 +303,7 @@ def audit_sample(
         tenant = create_tenant(session, "Administradora Exemplo")
         key = issue_key(session, tenant.id, name="local run")
     print(f"\ntenant     {tenant.id}\napi key    {key.secret}  (shown once)")
-    with httpx.Client(base_url=simulator_url, timeout=10) as sim:
-        for cnpj, registration in sample["registrations"].items():
-            sim.put(f"/_sim/registrations/{cnpj}", json=registration).raise_for_status()
-        account = sample["condominium"]["pluggy_account_id"]
-        sim.put(f"/_sim/accounts/{account}/transactions", json=sample["transactions"])
+    seed_simulator(simulator_url, sample)
     headers = {"X-API-Key": key.secret}
     with httpx.Client(base_url=api_url, headers=headers, timeout=30) as api:
         created = api.post("/condominiums", json=sample["condominium"])

@@ -169,24 +169,36 @@ def test_wrong_shapes_and_types_are_422(platform: Platform, payload: Any) -> Non
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "codes"),
     [
-        b"[" * 50_000 + b"]" * 50_000,
-        b'{"condominium_id": "x", "expenses": [' + b'{"a":' * 20_000 + b"1" + b"}" * 20_000 + b"]}",
-        b'{"condominium_id": "x", "expenses": [{"amount": ' + b"9" * 5_000 + b"}]}",
-        b'{"condominium_id": "x", "expenses": [{"amount": 1e400}]}',
-        b'{"condominium_id": "x", "expenses": [{"amount": -0.0e-99999}]}',
-        b'{"condominium_id": "x", "expenses": [}',
-        b"\xff\xfe\x00garbage",
-        b"",
+        (b"[" * 50_000 + b"]" * 50_000, (400, 422)),
+        (
+            b'{"condominium_id": "x", "expenses": ['
+            + b'{"a":' * 20_000
+            + b"1"
+            + b"}" * 20_000
+            + b"]}",
+            (400, 422),
+        ),
+        (b'{"condominium_id": "x", "expenses": [{"amount": ' + b"9" * 5_000 + b"}]}", (400, 422)),
+        (b'{"condominium_id": "x", "expenses": [{"amount": 1e400}]}', (400, 422)),
+        (b'{"condominium_id": "x", "expenses": [{"amount": -0.0e-99999}]}', (400, 422)),
+        # Malformed JSON is 400, as the OpenAPI document says, never 422.
+        (b'{"condominium_id": "x", "expenses": [}', (400,)),
+        (b"\xff\xfe\x00garbage", (400,)),
+        (b"", (400, 422)),
     ],
 )
-def test_malformed_deep_or_huge_json_is_4xx(platform: Platform, raw: bytes) -> None:
+def test_malformed_deep_or_huge_json_is_4xx(
+    platform: Platform, raw: bytes, codes: tuple[int, ...]
+) -> None:
     with platform.client() as client:
         response = client.post(
             "/batch-expenses", content=raw, headers={"content-type": "application/json"}
         )
-        refused(response, 400, 422)
+        body = refused(response, *codes)
+        if codes == (400,):
+            assert body["detail"].startswith("the body is not valid JSON: "), body
         # The same endpoints keep working afterwards.
         assert client.get("/dead-letters").status_code == 200
 
@@ -195,8 +207,7 @@ def test_other_bodies_headers_and_queries_are_4xx(platform: Platform, condominiu
     with platform.client() as client:
         refused(
             client.post("/batch-expenses", content=b"a=1", headers={"content-type": "text/plain"}),
-            400,
-            422,
+            415,
         )
         refused(
             client.post(
@@ -254,3 +265,33 @@ def test_unicode_and_control_characters_are_stored_clean_and_returned_as_json(
         row = session.scalars(select(Expense).where(Expense.batch_id == task_id)).one()
         assert row.description == expected
         assert row.invoice_number == "NF-42"
+
+
+def test_a_body_that_is_not_sent_as_json_is_415_with_a_sentence(
+    platform: Platform, condominium: str
+) -> None:
+    body = json.dumps(batch(condominium)).encode()
+    with platform.client() as client:
+        for headers in ({}, {"content-type": "text/plain"}, {"content-type": "application/xml"}):
+            response = client.post("/batch-expenses", content=body, headers=headers)
+            detail = refused(response, 415)["detail"]
+            assert detail.startswith("the request body must be JSON sent with Content-Type: "), (
+                detail
+            )
+        form = client.post("/condominiums", data={"name": "Edifício Form"})
+        assert "Content-Type 'application/x-www-form-urlencoded'" in refused(form, 415)["detail"]
+        # The same body as JSON is accepted; a route without a body needs no Content-Type.
+        sent = client.post(
+            "/batch-expenses", content=body, headers={"content-type": "application/json"}
+        )
+        assert sent.status_code == 202, sent.text
+        assert client.post("/dead-letters/none/replay").status_code == 404
+    assert stored_batches(platform) >= 1
+
+
+def test_the_openapi_document_lists_400_and_415_for_bodies(platform: Platform) -> None:
+    with httpx.Client(base_url=platform.api_url) as client:
+        document = client.get("/openapi.json").json()
+    responses = document["paths"]["/batch-expenses"]["post"]["responses"]
+    assert "not parseable JSON" in responses["400"]["description"]
+    assert "Content-Type: application/json" in responses["415"]["description"]

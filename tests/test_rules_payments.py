@@ -119,7 +119,10 @@ class TestDuplicatePayment:
         peers = [expense(5, "300.00", days(2)), expense(4, "300.00", days(-2)), target]
         [finding] = duplicate_payment(target, peers, SETTINGS)
         assert [r["expense_id"] for r in finding.evidence["repeats"]] == [4, 5]
-        assert "mais 1" in finding.message
+        # the message names this expense and every repeat by the client's external_id
+        assert finding.message.startswith("Possível pagamento em duplicidade: a despesa E-3 ")
+        assert "na despesa E-4 de " in finding.message
+        assert finding.message.endswith(" e em mais 1: E-5 de 17/03/2026.")
 
     def test_window_follows_the_setting(self) -> None:
         first = expense(1, "1500.00", days(-30))
@@ -183,6 +186,23 @@ class TestSplitPayment:
         [finding] = split_payment(target, [*history, target], SPLIT_30_DAYS)
         assert finding.evidence["total"] == "5100.00"
         assert [p["expense_id"] for p in finding.evidence["payments"]] == [2, 3, 9]
+        assert finding.message.startswith(
+            "Possível fracionamento: a despesa E-9 e as despesas E-2 e E-3 são 3 pagamentos"
+        )
+
+    def test_each_payment_of_a_split_gets_its_own_message_naming_the_others(self) -> None:
+        group = [expense(1, "2000.00", days(-2)), expense(2, "2000.00", days(-1))]
+        group.append(expense(3, "2000.00"))
+        messages = [split_payment(p, group, SETTINGS)[0].message for p in group]
+        assert len(set(messages)) == 3  # three lines, not one repeated three times
+        assert messages[0].startswith(
+            "Possível fracionamento: a despesa E-1 e as despesas E-2 e E-3 são 3 pagamentos "
+            "ao mesmo fornecedor entre 13/03/2026 e 15/03/2026"
+        )
+        assert "a despesa E-2 e as despesas E-1 e E-3 são" in messages[1]
+        assert "a despesa E-3 e as despesas E-1 e E-2 são" in messages[2]
+        pair = split_payment(group[0], [*group[:1], expense(4, "4000.00", days(-1))], SETTINGS)
+        assert "a despesa E-1 e a despesa E-4 são 2 pagamentos" in pair[0].message
 
     def test_threshold_and_window_follow_the_settings(self) -> None:
         a, b = expense(1, "600.00", days(-60)), expense(2, "600.00")

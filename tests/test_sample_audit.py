@@ -58,6 +58,41 @@ def test_the_sample_batch_yields_exactly_the_expected_findings(platform: Platfor
     assert {rule for rule, _, _ in found} == {code.value for code in RuleCode}
 
     with platform.client() as client:
+        page = client.get(f"/batches/{tasks[-1]}/findings", params={"page_size": 100}).json()
+        searched = client.get(
+            "/findings", params={"condominium_id": condominium, "page_size": 100}
+        ).json()
+    # Every finding names the client's expense by its external_id, in both listings.
+    assert {
+        (f["rule_code"], f["expense_external_id"], f["severity"]) for f in page["items"]
+    } == EXPECTED
+    latest = [f for f in searched["items"] if f["batch_id"] == tasks[-1]]
+    assert sorted((f["id"], f["expense_external_id"]) for f in latest) == sorted(
+        (f["id"], f["expense_external_id"]) for f in page["items"]
+    )
+    # Messages about several expenses name them: three split lines, three different texts.
+    split = {
+        f["expense_external_id"]: f["message"]
+        for f in page["items"]
+        if f["rule_code"] == "SPLIT_PAYMENT"
+    }
+    assert len(set(split.values())) == 3
+    for name, message in split.items():
+        others = sorted({"2026-10-obra-1", "2026-10-obra-2", "2026-10-obra-3"} - {name})
+        assert f"a despesa {name} e as despesas {others[0]} e {others[1]} são 3 pagamentos" in (
+            message
+        )
+    duplicates = {
+        f["expense_external_id"]: f["message"]
+        for f in page["items"]
+        if f["rule_code"] == "DUPLICATE_PAYMENT"
+    }
+    assert "a despesa 2026-10-bomba " in duplicates["2026-10-bomba"]
+    assert "na despesa 2026-10-bomba-2 " in duplicates["2026-10-bomba"]
+    assert "a despesa 2026-10-bomba-2 " in duplicates["2026-10-bomba-2"]
+    assert "na despesa 2026-10-bomba " in duplicates["2026-10-bomba-2"]
+
+    with platform.client() as client:
         report = client.get(f"/condominiums/{condominium}/report", params={"period": "2026-10"})
     assert report.status_code == 200
     body = report.json()

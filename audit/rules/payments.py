@@ -8,7 +8,7 @@ expenses of other suppliers or condominiums, which the rules filter out.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -49,6 +49,12 @@ def _others(expense: ExpenseFacts, peers: Sequence[ExpenseFacts]) -> list[Expens
         for p in peers
         if p.expense_id != expense.expense_id and p.condominium_id == expense.condominium_id
     ]
+
+
+def _enumerate(names: Iterable[str]) -> str:
+    """'a', 'a e b', 'a, b e c': the expenses a message names, in Portuguese."""
+    items = list(names)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} e {items[-1]}"
 
 
 def _ref(p: ExpenseFacts) -> dict[str, Any]:
@@ -102,7 +108,16 @@ def duplicate_payment(
         f"Possível pagamento em duplicidade: a despesa {expense.external_id} repete {what} "
         f"para o mesmo fornecedor na despesa {first.external_id} de "
         f"{br_date(first.expense_date)}"
-        + (f" e em mais {len(repeats) - 1}." if len(repeats) > 1 else ".")
+        + (
+            f" e em mais {len(repeats) - 1}: "
+            + _enumerate(
+                f"{other.external_id} de {br_date(other.expense_date)}"
+                for other, _, _ in repeats[1:]
+            )
+            + "."
+            if len(repeats) > 1
+            else "."
+        )
     )
     evidence = {
         "supplier_cnpj": expense.supplier_cnpj,
@@ -151,10 +166,13 @@ def split_payment(
     if best is None:
         return []
     total, group = best
+    others = [p.external_id for p in group if p.expense_id != expense.expense_id]
     message = (
-        f"Possível fracionamento: {len(group)} pagamentos ao mesmo fornecedor entre "
-        f"{br_date(group[0].expense_date)} e {br_date(group[-1].expense_date)}, cada um até "
-        f"o limite de aprovação de {brl(threshold)}, somam {brl(total)}."
+        f"Possível fracionamento: a despesa {expense.external_id} e "
+        f"{'a despesa' if len(others) == 1 else 'as despesas'} {_enumerate(others)} são "
+        f"{len(group)} pagamentos ao mesmo fornecedor entre {br_date(group[0].expense_date)} "
+        f"e {br_date(group[-1].expense_date)}, cada um até o limite de aprovação de "
+        f"{brl(threshold)}, que somam {brl(total)}."
     )
     evidence = {
         "supplier_cnpj": expense.supplier_cnpj,
