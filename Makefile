@@ -54,7 +54,7 @@ test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(DEV_STAMP)  ## the tests that start no process (under a minute)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n $(PYTEST_WORKERS) $(ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
