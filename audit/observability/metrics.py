@@ -72,6 +72,11 @@ PROVIDER_LATENCY = Histogram(
     ["provider", "endpoint"],
     buckets=_LATENCY_BUCKETS,
 )
+CIRCUIT_TRANSITIONS = Counter(
+    f"{PREFIX}_provider_circuit_transitions",
+    "Circuit breaker transitions by provider and the state entered (open, closed)",
+    ["provider", "to"],
+)
 RATELIMIT_WAIT = Histogram(
     f"{PREFIX}_ratelimit_wait_seconds",
     "Time a granted request waited for its slot in the fleet-wide budget",

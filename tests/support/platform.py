@@ -130,6 +130,9 @@ def platform_env(
         "RETRY_JITTER_RATIO": "0",
         "PROVIDER_TIMEOUT_SECONDS": "2",
         "CNPJWS_RATE_PER_MINUTE": "6000",
+        # Short leases and recovery passes: a killed worker's batch comes back in seconds.
+        "BATCH_LEASE_SECONDS": "10",
+        "RECOVERY_INTERVAL_SECONDS": "2",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
 
