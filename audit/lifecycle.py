@@ -78,15 +78,21 @@ def waiting_for_provider(
         "batch.waiting_for_provider",
         {"provider": provider, "wait_seconds": wait_seconds, "reason": reason},
     )
+    # Waits since the batch's last replay (a replayed dead letter starts afresh); the
+    # queries autoflush the entry recorded above, so the sum includes this wait.
+    last_replay = session.scalar(
+        select(func.max(AuditLogEntry.id)).where(
+            AuditLogEntry.batch_id == batch_id, AuditLogEntry.event == AuditEvent.REPLAYED
+        )
+    )
     details = session.scalars(
         select(AuditLogEntry.detail).where(
             AuditLogEntry.batch_id == batch_id,
             AuditLogEntry.event == AuditEvent.WAITING_FOR_PROVIDER,
+            AuditLogEntry.id > (last_replay or 0),
         )
     )
-    return sum(
-        float((d or {}).get("wait_seconds", 0)) for d in details
-    )  # autoflushed: this one too
+    return sum(float((d or {}).get("wait_seconds", 0)) for d in details)
 
 
 def dead_letter_now(

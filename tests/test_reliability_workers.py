@@ -24,9 +24,7 @@ from worker.broker import UNACKED_HASH, UNACKED_INDEX, message_task_id
 
 
 @pytest.fixture
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, private_redis: str
-) -> Iterator[Platform]:
+def platform(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> Iterator[Platform]:
     database_url = sqlite_url(tmp_path_factory.mktemp("db"))
     upgrade_database(database_url)
     running = launch_platform(
@@ -83,7 +81,9 @@ def test_a_sigkilled_workers_batches_run_again_within_seconds_and_succeed_once(
             if task_id not in back_after and events(platform, task_id).count("started") >= 2:
                 back_after[task_id] = time.monotonic() - killed_at
         time.sleep(0.2)
-    print(f"  running again after the SIGKILL in {sorted(round(s, 1) for s in back_after.values())} s")
+    print(
+        f"  running again after the SIGKILL in {sorted(round(s, 1) for s in back_after.values())} s"
+    )
     assert set(back_after) == set(running), "a killed batch did not run again within 2 minutes"
 
     work.wait_all_terminal(120)
@@ -102,12 +102,12 @@ def test_a_sigkilled_workers_batches_run_again_within_seconds_and_succeed_once(
     queue = platform.env["AUDIT_QUEUE"]
     handed_out: list[str] = []
     for tag, raw in redis.hgetall(UNACKED_HASH).items():
-        task_id = message_task_id(raw, unacked=True)
-        if task_id in running:
+        late_id = message_task_id(raw, unacked=True)
+        if late_id is not None and late_id in running:
             redis.hdel(UNACKED_HASH, tag)
             redis.zrem(UNACKED_INDEX, tag)
             redis.lpush(queue, json.dumps(json.loads(raw)[0]))
-            handed_out.append(task_id)
+            handed_out.append(late_id)
     assert sorted(handed_out) == sorted(running), "the killed runs' messages were not unacked"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (redis.llen(queue) or redis.hlen(UNACKED_HASH)):
@@ -118,4 +118,5 @@ def test_a_sigkilled_workers_batches_run_again_within_seconds_and_succeed_once(
     assert again.success == again.batches
     for task_id in running:
         log = events(platform, task_id)
-        assert log.count("finished") == 1 and log[-1] == "finished", log
+        assert log.count("finished") == 1, log
+        assert log[-1] == "finished", log
