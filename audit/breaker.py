@@ -53,7 +53,8 @@ end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
   return {1, 0}
 end
-return {2, math.max(redis.call('PTTL', KEYS[2]), 100)}
+-- Another call is the probe: look again after its answer, or a cool-down at most.
+return {2, math.min(math.max(redis.call('PTTL', KEYS[2]), 100), tonumber(ARGV[1]))}
 """
 )
 
@@ -136,6 +137,10 @@ class CircuitBreakers:
         if verdict == 2:
             raise ProviderCircuitOpen(provider, int(wait_ms) / 1000)
         return verdict == 1
+
+    def release_probe(self, provider: str) -> None:
+        """The probe did not call after all (no budget now): let another call probe."""
+        self.redis.delete(self._keys(provider)[1])
 
     def failure(self, provider: str) -> bool:
         """Count a failed call; True when the breaker is open after it (opened or reopened)."""

@@ -30,12 +30,15 @@ class Providers:
 
 
 def circuit_breakers(settings: Settings, redis: Redis) -> CircuitBreakers:
-    """The fleet's breakers as configured; a probe may take as long as one call can."""
+    """The fleet's breakers as configured; a probe may take as long as one call can (its
+    turn in the limiter, then the request)."""
     return CircuitBreakers(
         redis,
         failure_threshold=settings.breaker_failure_threshold,
         cooldown_seconds=settings.breaker_cooldown_seconds,
-        probe_timeout_seconds=2 * settings.provider_timeout_seconds + 5,
+        probe_timeout_seconds=(
+            settings.provider_timeout_seconds + settings.rate_limit_max_wait_seconds + 2
+        ),
     )
 
 

@@ -16,7 +16,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from audit.observability import metrics
 from audit.observability.tracing import current_attempt, tracer
-from audit.providers.base import ProviderCircuitOpen, ProviderRateLimited, ProviderUnavailable
+from audit.providers.base import (
+    ProviderCircuitOpen,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    RateLimitWait,
+)
 from audit.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -149,13 +154,20 @@ def send(
         set_status_on_exception=False,
     ) as span:
         breakers = budget.breakers
+        probing = False
         if breakers is not None:
             try:
-                span.set_attribute("circuit.probe", breakers.before_call(provider))
+                probing = breakers.before_call(provider)
             except ProviderCircuitOpen as opened:
                 span.add_event("circuit.open", {"circuit.wait_seconds": opened.wait_seconds})
                 raise
-        budget.take(provider)
+            span.set_attribute("circuit.probe", probing)
+        try:
+            budget.take(provider)
+        except RateLimitWait:
+            if breakers is not None and probing:
+                breakers.release_probe(provider)
+            raise
         started = time.perf_counter()
         try:
             try:
@@ -175,7 +187,9 @@ def send(
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status_code}"))
             checked = _checked(provider, budget, response)
         except ProviderRateLimited:
-            raise  # pacing: says nothing about the provider being down
+            if breakers is not None and probing:
+                breakers.release_probe(provider)  # pacing: not an answer about being down
+            raise
         except ProviderUnavailable as failed:
             if breakers is not None and breakers.failure(provider):
                 # This failure opened the breaker (or was the failed probe): an outage, so

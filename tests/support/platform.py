@@ -133,6 +133,9 @@ def platform_env(
         # Short leases and recovery passes: a killed worker's batch comes back in seconds.
         "BATCH_LEASE_SECONDS": "10",
         "RECOVERY_INTERVAL_SECONDS": "2",
+        # Tests send bad keys on purpose from one address; tests of the limit set their own.
+        "AUTH_FAILURES_PER_MINUTE": "100000",
+        "AUTH_FAILURE_BURST": "10000",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
 
