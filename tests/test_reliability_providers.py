@@ -32,7 +32,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> It
         extra_env={
             "PROVIDER_TIMEOUT_SECONDS": "1",
             "RETRY_BACKOFF_BASE_SECONDS": "0.3",
+            "BREAKER_FAILURE_THRESHOLD": "5",
             "BREAKER_COOLDOWN_SECONDS": "2",
+            "BREAKER_MAX_WAIT_SECONDS": "600",
         },
         kill_on_exit=True,
     ) as running:
