@@ -8,6 +8,7 @@ from api import telemetry
 from api.errors import register_error_handlers
 from api.middleware import BodySizeLimit
 from api.routes import batches, condominiums, dead_letters, findings, health, webhooks
+from api.unstorable import RefuseUnstorableText
 from audit import __version__
 from audit.settings import Settings, get_settings
 
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_request_bytes)
+    app.add_middleware(RefuseUnstorableText)
     register_error_handlers(app)
 
     for module in (health, condominiums, batches, findings, dead_letters, webhooks):

@@ -17,6 +17,7 @@ from audit.observability import metrics
 from audit.observability.instrumentation import enabled, instrument_sqlalchemy
 from audit.observability.logs import configure_logging
 from audit.observability.tracing import setup_tracing, shutdown_tracing
+from audit.providers.factory import circuit_breakers
 from audit.settings import Settings
 from worker.enqueue import audit_backlog
 
@@ -91,6 +92,9 @@ def instrument_fastapi(app: FastAPI, provider: TracerProvider, excluded_urls: st
         )
 
 
+BREAKER_PROVIDERS = ("cnpjws", "minha_receita", "pluggy")
+
+
 def signal_collector(settings: Settings) -> metrics.SignalCollector:
     budgets: dict[str, float | None] = {
         "cnpjws:commercial" if settings.cnpjws_token else "cnpjws": settings.cnpjws_rate_per_minute,
@@ -99,6 +103,7 @@ def signal_collector(settings: Settings) -> metrics.SignalCollector:
         "pluggy:transactions": settings.pluggy_rate_per_minute,
     }
     redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    breakers = circuit_breakers(settings, redis)
     return metrics.SignalCollector(
         redis,
         settings.audit_queue,
@@ -106,6 +111,9 @@ def signal_collector(settings: Settings) -> metrics.SignalCollector:
         budgets=budgets,
         open_dead_letters=lambda: open_dead_letter_count(settings.database_url),
         worker_ttl_seconds=3 * settings.worker_heartbeat_seconds,
+        circuit_states=lambda: {
+            provider: breakers.state(provider).state for provider in BREAKER_PROVIDERS
+        },
     )
 
 

@@ -16,6 +16,7 @@ class AuditEvent(StrEnum):
     SUBMITTED = "submitted"
     STARTED = "started"
     RATE_LIMITED = "rate_limited"
+    WAITING_FOR_PROVIDER = "waiting_for_provider"
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
     REPLAYED = "replayed"

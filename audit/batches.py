@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from audit.auditlog import AuditEvent, AuditLogService
+from audit.idempotency import IdempotencyKeyReused
 from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding
 from audit.tracing_context import current_trace_id
 
@@ -64,23 +65,58 @@ def find_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Batch
     return session.scalar(query)
 
 
+def replay_or_forget(
+    session: Session,
+    earlier: Batch,
+    fingerprint: str | None,
+    key_ttl: dt.timedelta | None,
+) -> Submitted | None:
+    """The earlier batch of this Idempotency-Key when it is a replay; None when the key has
+    expired (it is released for the new request); IdempotencyKeyReused when the same key
+    came with another request."""
+    submitted_at = earlier.submitted_at
+    if submitted_at.tzinfo is None:  # SQLite hands back naive UTC
+        submitted_at = submitted_at.replace(tzinfo=dt.UTC)
+    if key_ttl is not None and submitted_at < dt.datetime.now(dt.UTC) - key_ttl:
+        earlier.idempotency_key = None
+        session.flush()
+        return None
+    stored = earlier.idempotency_fingerprint
+    if fingerprint is not None and stored is not None and stored != fingerprint:
+        raise IdempotencyKeyReused(
+            "Idempotency-Key was already used with a different request (another body, "
+            "route or condominium); use a new key for a new request"
+        )
+    return Submitted(earlier, created=False)
+
+
 def submit_batch(
     session: Session,
     tenant_id: str,
     condominium_id: str,
     expenses: list[ExpenseInput],
     idempotency_key: str | None = None,
+    *,
+    fingerprint: str | None = None,
+    key_ttl: dt.timedelta | None = None,
 ) -> Submitted:
-    """Store a batch and its expenses in one transaction; the caller commits, then enqueues."""
+    """Store a batch and its expenses in one transaction; the caller commits, then enqueues.
+
+    With an Idempotency-Key: the earlier batch of the key is returned (a replay) when
+    `fingerprint` matches, IdempotencyKeyReused is raised when it does not, and a key older
+    than `key_ttl` is forgotten (audit.idempotency)."""
     condominium_for_tenant(session, tenant_id, condominium_id)
     if idempotency_key is not None:
         earlier = find_by_idempotency_key(session, tenant_id, idempotency_key)
         if earlier is not None:
-            return Submitted(earlier, created=False)
+            replay = replay_or_forget(session, earlier, fingerprint, key_ttl)
+            if replay is not None:
+                return replay
     batch = Batch(
         tenant_id=tenant_id,
         condominium_id=condominium_id,
         idempotency_key=idempotency_key,
+        idempotency_fingerprint=fingerprint if idempotency_key is not None else None,
         status=BatchStatus.PENDING,
         expenses_total=len(expenses),
         trace_id=current_trace_id(),
@@ -95,7 +131,7 @@ def submit_batch(
         earlier = find_by_idempotency_key(session, tenant_id, idempotency_key)
         if earlier is None:
             raise
-        return Submitted(earlier, created=False)
+        return replay_or_forget(session, earlier, fingerprint, None) or Submitted(earlier, False)
     session.execute(
         insert(Expense),
         [
@@ -124,13 +160,24 @@ def submit_and_enqueue(
     expenses: list[ExpenseInput],
     idempotency_key: str | None,
     enqueue: Callable[[str], None],
+    *,
+    fingerprint: str | None = None,
+    key_ttl: dt.timedelta | None = None,
 ) -> Submitted:
     """Store, commit, then enqueue; a batch the queue refused is withdrawn again.
 
     Committing first means a worker never picks up a batch it cannot read; withdrawing on a
     failed enqueue means the client's retry (same Idempotency-Key) starts clean.
     """
-    submitted = submit_batch(session, tenant_id, condominium_id, expenses, idempotency_key)
+    submitted = submit_batch(
+        session,
+        tenant_id,
+        condominium_id,
+        expenses,
+        idempotency_key,
+        fingerprint=fingerprint,
+        key_ttl=key_ttl,
+    )
     session.commit()
     if not submitted.created:
         return submitted

@@ -59,6 +59,71 @@ def rate_limited(
     return int(count or 0)
 
 
+def waiting_for_provider(
+    session: Session, batch_id: str, provider: str, wait_seconds: float, reason: str
+) -> float:
+    """Record a wait for a provider whose breaker is open (uncounted); returns the seconds
+    this batch has waited for open breakers so far, this wait included."""
+    AuditLogService(session).record(
+        batch_id,
+        AuditEvent.WAITING_FOR_PROVIDER,
+        provider=provider,
+        wait_seconds=round(wait_seconds, 3),
+        reason=reason,
+    )
+    batch = session.get(Batch, batch_id)
+    if batch is not None and batch.status not in TERMINAL:
+        batch.status = BatchStatus.RETRY
+    trace.get_current_span().add_event(
+        "batch.waiting_for_provider",
+        {"provider": provider, "wait_seconds": wait_seconds, "reason": reason},
+    )
+    # Waits since the batch's last replay (a replayed dead letter starts afresh); the
+    # queries autoflush the entry recorded above, so the sum includes this wait.
+    last_replay = session.scalar(
+        select(func.max(AuditLogEntry.id)).where(
+            AuditLogEntry.batch_id == batch_id, AuditLogEntry.event == AuditEvent.REPLAYED
+        )
+    )
+    details = session.scalars(
+        select(AuditLogEntry.detail).where(
+            AuditLogEntry.batch_id == batch_id,
+            AuditLogEntry.event == AuditEvent.WAITING_FOR_PROVIDER,
+            AuditLogEntry.id > (last_replay or 0),
+        )
+    )
+    return sum(float((d or {}).get("wait_seconds", 0)) for d in details)
+
+
+def dead_letter_now(
+    session: Session,
+    batch_id: str,
+    *,
+    provider: str,
+    reason: str,
+    task_name: str,
+    payload: dict[str, Any],
+) -> RetryDecision:
+    """Dead-letter without spending the remaining attempts: the failure will not go away by
+    retrying (a deterministic error) or has lasted past the longest wait (an outage)."""
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(failed_attempts=Batch.failed_attempts + 1)
+    )
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    assert batch is not None
+    with tracer.start_as_current_span(
+        "batch.dead_letter",
+        attributes={
+            "batch.id": batch_id,
+            "batch.failed_attempts": batch.failed_attempts,
+            "provider": provider,
+        },
+    ) as span:
+        decision = _dead_letter(session, batch, task_name, payload, provider, reason)
+        span.set_attribute("dead_letter.id", decision.dead_letter_id or "")
+    return decision
+
+
 def failed(
     session: Session,
     batch_id: str,

@@ -92,6 +92,8 @@ class Batch(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
     condominium_id: Mapped[str] = mapped_column(ForeignKey("condominiums.id"), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # SHA-256 of (tenant, route, body) the key first came with (audit.idempotency).
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="PENDING", index=True)
     expenses_total: Mapped[int] = mapped_column(Integer, default=0)
     expenses_done: Mapped[int] = mapped_column(Integer, default=0)

@@ -108,6 +108,67 @@ class Settings(BaseSettings):
     )
     supplier_cache_freshness_days: float = Field(default=30.0, ge=0)
 
+    # Reliability (README "Reliability"): leases and recovery of batches whose worker died,
+    # circuit breakers per provider, Idempotency-Key lifetime, failed-authentication limit.
+    batch_lease_seconds: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="A running batch's lease; renewed every third of it while the task runs. "
+        "A batch whose lease expired (its worker was killed) is enqueued again.",
+    )
+    recovery_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often one worker of the fleet looks for batches with expired leases.",
+    )
+    breaker_failure_threshold: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Consecutive failed calls to a provider that open its circuit breaker.",
+    )
+    breaker_cooldown_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="An open breaker lets one probe call through after this long.",
+    )
+    breaker_max_wait_seconds: float = Field(
+        default=1800.0,
+        ge=0,
+        description="Longest total time a batch waits for open breakers; then it is "
+        "dead-lettered with the reason. Above the promised 10-minute outage tolerance.",
+    )
+    idempotency_key_ttl_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 30,
+        description="An Idempotency-Key is remembered this long; later it may be reused.",
+    )
+    auth_failures_per_minute: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="Failed authentications a minute per client address; None = no limit.",
+    )
+    auth_failure_burst: int = Field(
+        default=10, ge=1, description="Failed authentications a client may make at once."
+    )
+    trusted_proxy_hops: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Proxies in front of the API (ingress): the client address is taken this "
+        "many hops from the right of X-Forwarded-For; 0 = the socket's peer address.",
+    )
+    public_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Absolute URL clients reach the API at (e.g. https://audit.example.com); "
+        "status_url is built on it. Unset: status_url is relative (never from Host).",
+    )
+
     # Worker
     worker_heartbeat_file: str = "/tmp/condo-audit-worker-heartbeat"  # noqa: S108
     worker_heartbeat_seconds: float = 10.0

@@ -16,11 +16,13 @@ from redis import Redis
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import quiet_unfinished_batches
-from audit.db import session_scope
+from audit.db import session_factory, session_scope
+from audit.leases import BatchLeases
 from audit.settings import get_settings
 from cli.main import CliError
 from worker.broker import task_ids_in_broker
 from worker.enqueue import EnqueueFailed, enqueue_batch
+from worker.recovery import recover_expired
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     requeue.add_argument("--dry-run", action="store_true", help="list them, enqueue nothing")
     requeue.set_defaults(handler=run_requeue_lost)
+    recover = actions.add_parser(
+        "recover",
+        help="enqueue again the running batches whose lease expired (their worker died); "
+        "every worker also does this every RECOVERY_INTERVAL_SECONDS",
+    )
+    recover.add_argument("--dry-run", action="store_true", help="list them, enqueue nothing")
+    recover.set_defaults(handler=run_recover)
 
 
 def run_requeue_lost(args: argparse.Namespace) -> int:
@@ -62,4 +71,20 @@ def run_requeue_lost(args: argparse.Namespace) -> int:
                 raise CliError(f"could not enqueue {batch.id}: {exc}") from None
     verb = "would requeue" if args.dry_run else "requeued"
     print(f"{verb} {len(lost)} of {len(quiet)} quiet unfinished batches")
+    return 0
+
+
+def run_recover(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    leases = BatchLeases(redis, settings.batch_lease_seconds)
+    sessions = session_factory(settings.database_url)
+    try:
+        ids = recover_expired(sessions, leases, enqueue_batch, dry_run=args.dry_run)
+    except EnqueueFailed as exc:
+        raise CliError(f"could not enqueue: {exc}") from None
+    for batch_id in ids:
+        print(batch_id)
+    verb = "would recover" if args.dry_run else "recovered"
+    print(f"{verb} {len(ids)} batches whose lease expired")
     return 0

@@ -35,13 +35,16 @@ redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
 PIDS+=($!)
 
 export PYTHONPATH="$PWD"
-export DATABASE_URL="sqlite:///$WORK/condo-audit.db"
+# SCHEMATHESIS_DATABASE_URL runs it on another database (e.g. a scratch PostgreSQL one).
+export DATABASE_URL="${SCHEMATHESIS_DATABASE_URL:-sqlite:///$WORK/condo-audit.db}"
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 export AUDIT_QUEUE="schemathesis"
 # Webhook secrets are encrypted at rest with this key (a fresh one per run).
 export WEBHOOK_SECRET_KEYS="$("$PYTHON" -c "from audit.webhooks.secretbox import new_key; print(new_key())")"
 export API_RATE_PER_MINUTE=1000000
 export API_RATE_BURST=100000
+export AUTH_FAILURES_PER_MINUTE=1000000
+export AUTH_FAILURE_BURST=100000
 
 API_KEY="$("$PYTHON" scripts/schemathesis_setup.py "$WORK/schemathesis.toml")"
 
@@ -67,6 +70,8 @@ status=0
   --request-timeout 10 \
   --workers 1 \
   --no-color) || status=$?
+# Text the database cannot store (NUL) in every path and query parameter: never a 5xx.
+"$PYTHON" scripts/probe_unstorable.py "http://127.0.0.1:$API_PORT" "$API_KEY" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "== API log"
   tail -n 80 "$WORK/api.log"

@@ -122,6 +122,7 @@ def test_the_alert_rules_are_valid_and_cover_the_failures() -> None:
     assert any('status="429"' in rule["expr"] for rule in rules)  # provider 429s
     assert "condo_audit_queue_messages" in by_metric  # a queue that does not drain
     assert "condo_audit_workers" in by_metric  # no workers
+    assert "condo_audit_provider_circuit_state" in by_metric  # a provider outage
 
 
 def test_every_query_names_a_metric_the_platform_exports(metered: Platform) -> None:

@@ -62,12 +62,14 @@ def celery_config(settings: Settings) -> dict[str, object]:
 def create_celery_app(settings: Settings | None = None) -> Celery:
     from worker import telemetry
     from worker.heartbeat import HeartbeatFile
+    from worker.recovery import BatchRecovery
     from worker.webhook_dispatch import WebhookDispatcher
 
     app = Celery("condo_audit", include=["worker.tasks", "worker.webhook_tasks"])
     app.conf.update(celery_config(settings or get_settings()))
     app.steps["worker"].add(HeartbeatFile)
     app.steps["worker"].add(WebhookDispatcher)
+    app.steps["worker"].add(BatchRecovery)
     telemetry.install(app)
     return app
 

@@ -10,6 +10,7 @@ from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.db import session_factory
+from audit.leases import BatchLeases
 from audit.pipeline import BatchAuditor
 from audit.providers.factory import build_providers
 from audit.retry import RetryPolicy
@@ -24,6 +25,7 @@ class WorkerRuntime:
     redis: Redis
     auditor: BatchAuditor
     retry_policy: RetryPolicy
+    leases: BatchLeases
 
 
 @lru_cache(maxsize=4)
@@ -44,6 +46,7 @@ def _runtime_for(pid: int) -> WorkerRuntime:
             max_seconds=settings.retry_backoff_max_seconds,
             jitter_ratio=settings.retry_jitter_ratio,
         ),
+        leases=BatchLeases(redis, settings.batch_lease_seconds),
     )
 
 

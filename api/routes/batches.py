@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
 
-from api.deps import SessionDep, SettingsDep, TenantDep, not_found
+from api.deps import IdPath, SessionDep, SettingsDep, TenantDep, not_found, status_url
 from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND, queue_unavailable
+from api.ratelimit import api_redis
 from api.schemas import (
     AuditLogEntryOut,
     BatchAccepted,
@@ -17,6 +20,7 @@ from api.schemas import (
     Progress,
     TaskStatus,
 )
+from audit import idempotency
 from audit.auditlog import AuditLogService
 from audit.batches import (
     ExpenseInput,
@@ -38,7 +42,7 @@ def accepted(request: Request, batch: Batch) -> BatchAccepted:
         task_id=batch.id,
         batch_id=batch.id,
         status=batch.status,
-        status_url=str(request.url_for("get_task", task_id=batch.id)),
+        status_url=status_url(request, batch.id),
         expenses=batch.expenses_total,
     )
 
@@ -48,7 +52,12 @@ def accepted(request: Request, batch: Batch) -> BatchAccepted:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchAccepted,
     responses={
+        400: {"model": ErrorOut, "description": "Empty Idempotency-Key"},
         404: {"model": ErrorOut, "description": "Unknown condominium"},
+        409: {
+            "model": ErrorOut,
+            "description": "A request with this Idempotency-Key is still being processed",
+        },
         413: {"model": ErrorOut, "description": "Batch larger than MAX_BATCH_SIZE"},
         503: {"model": ErrorOut, "description": "The queue is unavailable; nothing was stored"},
     },
@@ -60,8 +69,21 @@ def submit_batch_expenses(
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=200,
+            description="Makes the submission safe to retry: the same key with the same "
+            "request answers the first task (Idempotent-Replayed: true); with another request "
+            "422; while the first is still being processed 409. Keys live "
+            "IDEMPOTENCY_KEY_TTL_HOURS (24 h).",
+        ),
+    ] = None,
 ) -> BatchAccepted:
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "Idempotency-Key: must not be empty; omit the header"
+        )
     if len(body.expenses) > settings.max_batch_size:
         raise HTTPException(
             status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
@@ -80,10 +102,35 @@ def submit_batch_expenses(
         )
         for e in body.expenses
     ]
-    try:
-        submitted = submit_and_enqueue(
-            session, tenant, body.condominium_id, items, idempotency_key, enqueue_batch
+    fingerprint = None
+    held: AbstractContextManager[None] = nullcontext()
+    if idempotency_key is not None:
+        fingerprint = idempotency.fingerprint(
+            tenant, "POST /batch-expenses", body.model_dump(mode="json")
         )
+        held = idempotency.processing(api_redis(request, settings), tenant, idempotency_key)
+    try:
+        with held:
+            submitted = submit_and_enqueue(
+                session,
+                tenant,
+                body.condominium_id,
+                items,
+                idempotency_key,
+                enqueue_batch,
+                fingerprint=fingerprint,
+                key_ttl=dt.timedelta(hours=settings.idempotency_key_ttl_hours),
+            )
+    except idempotency.IdempotencyKeyInFlight:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "Idempotency-Key: a request with this key is still being processed; retry later",
+        ) from None
+    except idempotency.IdempotencyKeyReused as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["header", "Idempotency-Key"], "msg": str(exc), "type": "value_error"}],
+        ) from None
     except UnknownCondominium:
         raise not_found("condominium") from None
     except QueueUnavailable as exc:
@@ -94,7 +141,7 @@ def submit_batch_expenses(
 
 
 @router.get("/tasks/{task_id}", response_model=TaskStatus, name="get_task", responses=NOT_FOUND)
-def get_task(task_id: str, session: SessionDep, tenant: TenantDep) -> TaskStatus:
+def get_task(task_id: IdPath, session: SessionDep, tenant: TenantDep) -> TaskStatus:
     batch = batch_for_tenant(session, tenant, task_id)
     if batch is None:
         raise not_found("task")
@@ -116,7 +163,7 @@ def get_task(task_id: str, session: SessionDep, tenant: TenantDep) -> TaskStatus
 
 @router.get("/batches/{batch_id}/findings", response_model=FindingsPage, responses=NOT_FOUND)
 def get_batch_findings(
-    batch_id: str,
+    batch_id: IdPath,
     session: SessionDep,
     tenant: TenantDep,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
@@ -139,7 +186,7 @@ def get_batch_findings(
     "/batches/{batch_id}/audit-log", response_model=list[AuditLogEntryOut], responses=NOT_FOUND
 )
 def get_batch_audit_log(
-    batch_id: str, session: SessionDep, tenant: TenantDep
+    batch_id: IdPath, session: SessionDep, tenant: TenantDep
 ) -> list[AuditLogEntryOut]:
     if batch_for_tenant(session, tenant, batch_id) is None:
         raise not_found("batch")

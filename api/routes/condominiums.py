@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from api.deps import SessionDep, TenantDep, not_found
+from api.deps import IdPath, SessionDep, TenantDep, not_found
 from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND
 from api.schemas import CondominiumIn, CondominiumOut, MonthlyReport
 from audit.batches import UnknownCondominium, condominium_for_tenant
@@ -40,13 +40,13 @@ def create_condominium(body: CondominiumIn, session: SessionDep, tenant: TenantD
 
 
 @router.get("/{condominium_id}", response_model=CondominiumOut, responses=NOT_FOUND)
-def get_condominium(condominium_id: str, session: SessionDep, tenant: TenantDep) -> Condominium:
+def get_condominium(condominium_id: IdPath, session: SessionDep, tenant: TenantDep) -> Condominium:
     return own_condominium(session, tenant, condominium_id)
 
 
 @router.get("/{condominium_id}/report", response_model=MonthlyReport, responses=NOT_FOUND)
 def get_report(
-    condominium_id: str,
+    condominium_id: IdPath,
     session: SessionDep,
     tenant: TenantDep,
     period: Annotated[str, Query(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$", examples=["2026-10"])],
@@ -62,14 +62,16 @@ def get_report(
 
 
 @router.get("/{condominium_id}/audit-settings", response_model=RuleSettings, responses=NOT_FOUND)
-def get_audit_settings(condominium_id: str, session: SessionDep, tenant: TenantDep) -> RuleSettings:
+def get_audit_settings(
+    condominium_id: IdPath, session: SessionDep, tenant: TenantDep
+) -> RuleSettings:
     condominium = own_condominium(session, tenant, condominium_id)
     return RuleSettings.from_stored(condominium.audit_settings)
 
 
 @router.put("/{condominium_id}/audit-settings", response_model=RuleSettings, responses=NOT_FOUND)
 def put_audit_settings(
-    condominium_id: str, body: RuleSettings, session: SessionDep, tenant: TenantDep
+    condominium_id: IdPath, body: RuleSettings, session: SessionDep, tenant: TenantDep
 ) -> RuleSettings:
     """Replace the condominium's settings; fields left out take the defaults."""
     condominium = own_condominium(session, tenant, condominium_id)

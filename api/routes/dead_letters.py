@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 
-from api.deps import SessionDep, TenantDep, not_found
+from api.deps import IdPath, SessionDep, TenantDep, not_found, status_url
 from api.errors import AUTHENTICATED_ERRORS, queue_unavailable
 from api.schemas import DeadLetterOut, ErrorOut, ReplayAllOut, ReplayOut
 from audit.deadletters import DeadLetterService, DeadLetterStatus
@@ -39,7 +39,9 @@ def list_dead_letters(
 
 
 @router.get("/{dead_letter_id}", response_model=DeadLetterOut, responses={404: NOT_FOUND})
-def get_dead_letter(dead_letter_id: str, session: SessionDep, tenant: TenantDep) -> DeadLetterOut:
+def get_dead_letter(
+    dead_letter_id: IdPath, session: SessionDep, tenant: TenantDep
+) -> DeadLetterOut:
     letter = DeadLetterService(session).get(dead_letter_id, tenant)
     if letter is None:
         raise not_found("dead letter")
@@ -76,7 +78,7 @@ def replay_dead_letters_of_provider(
         provider=provider,
         replayed=len(replayed),
         task_ids=replayed,
-        status_urls=[str(request.url_for("get_task", task_id=task_id)) for task_id in replayed],
+        status_urls=[status_url(request, task_id) for task_id in replayed],
     )
 
 
@@ -86,7 +88,7 @@ def replay_dead_letters_of_provider(
     responses={404: NOT_FOUND, 503: QUEUE_DOWN},
 )
 def replay_dead_letter(
-    dead_letter_id: str, request: Request, session: SessionDep, tenant: TenantDep
+    dead_letter_id: IdPath, request: Request, session: SessionDep, tenant: TenantDep
 ) -> ReplayOut:
     """Replay one dead letter; replaying one that is not OPEN changes nothing (enqueued=false)."""
     service = DeadLetterService(session)
@@ -101,7 +103,7 @@ def replay_dead_letter(
         dead_letter=DeadLetterOut.model_validate(letter),
         task_id=letter.batch_id,
         enqueued=enqueued,
-        status_url=str(request.url_for("get_task", task_id=letter.batch_id)),
+        status_url=status_url(request, letter.batch_id),
     )
 
 
@@ -111,7 +113,7 @@ def replay_dead_letter(
     responses={404: NOT_FOUND, 409: {"model": ErrorOut, "description": "Not OPEN"}},
 )
 def discard_dead_letter(
-    dead_letter_id: str, session: SessionDep, tenant: TenantDep
+    dead_letter_id: IdPath, session: SessionDep, tenant: TenantDep
 ) -> DeadLetterOut:
     service = DeadLetterService(session)
     letter = service.get(dead_letter_id, tenant)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import SessionDep, TenantDep, not_found
+from api.deps import ID_PATTERN, SessionDep, TenantDep, not_found
 from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND
 from api.routes.condominiums import own_condominium
 from api.schemas import FindingsPage
@@ -19,8 +19,8 @@ router = APIRouter(tags=["findings"], responses=AUTHENTICATED_ERRORS)
 def search_findings(
     session: SessionDep,
     tenant: TenantDep,
-    condominium_id: Annotated[str, Query(max_length=36)],
-    batch_id: Annotated[str | None, Query(max_length=36)] = None,
+    condominium_id: Annotated[str, Query(max_length=36, pattern=ID_PATTERN)],
+    batch_id: Annotated[str | None, Query(max_length=36, pattern=ID_PATTERN)] = None,
     rule: Annotated[str | None, Query(max_length=60)] = None,
     severity: Annotated[str | None, Query(pattern="^(info|warning|critical)$")] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,

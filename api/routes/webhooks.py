@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from api.deps import SessionDep, SettingsDep, TenantDep, not_found
+from api.deps import IdPath, SessionDep, SettingsDep, TenantDep, not_found
 from api.errors import AUTHENTICATED_ERRORS
 from api.schemas import (
     ErrorOut,
@@ -36,7 +36,6 @@ NOT_CONFIGURED: dict[str, Any] = {
     "model": ErrorOut,
     "description": "Webhooks are not configured on this server (WEBHOOK_SECRET_KEYS)",
 }
-IdPath = Annotated[str, Path(min_length=1, max_length=36, pattern=r"^[\w\-]+$")]
 
 
 def secret_box(settings: Settings) -> SecretBox:

@@ -77,6 +77,11 @@ PROVIDER_LATENCY = Histogram(
     ["provider", "endpoint"],
     buckets=_LATENCY_BUCKETS,
 )
+CIRCUIT_TRANSITIONS = Counter(
+    f"{PREFIX}_provider_circuit_transitions",
+    "Circuit breaker transitions by provider and the state entered (open, closed)",
+    ["provider", "to"],
+)
 RATELIMIT_WAIT = Histogram(
     f"{PREFIX}_ratelimit_wait_seconds",
     "Time a granted request waited for its slot in the fleet-wide budget",
@@ -177,6 +182,7 @@ class SignalCollector(Collector):
         open_dead_letters: Callable[[], int] | None = None,
         worker_ttl_seconds: float = 30.0,
         ratelimit_prefix: str = "ratelimit:",
+        circuit_states: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         self.redis = redis
         self.queue = queue
@@ -185,6 +191,7 @@ class SignalCollector(Collector):
         self.open_dead_letters = open_dead_letters
         self.worker_ttl_seconds = worker_ttl_seconds
         self.ratelimit_prefix = ratelimit_prefix
+        self.circuit_states = circuit_states
 
     def describe(self) -> Iterable[Any]:
         return []
@@ -240,6 +247,18 @@ class SignalCollector(Collector):
         )
         live.add_metric([], workers)
         yield live
+
+        if self.circuit_states is not None:
+            circuit = GaugeMetricFamily(
+                f"{PREFIX}_provider_circuit_state",
+                "Each provider's fleet-wide circuit breaker: 0 closed, 1 half-open (a probe "
+                "is due), 2 open (batches that need the provider wait)",
+                labels=["provider"],
+            )
+            codes = {"closed": 0, "half_open": 1, "open": 2}
+            for provider, state in sorted(self.circuit_states().items()):
+                circuit.add_metric([provider], codes[state])
+            yield circuit
 
         budget_names = sorted(self.budgets)
         if budget_names:

@@ -70,6 +70,17 @@ class ProviderRateLimited(ProviderUnavailable):
     provider's release time; like RateLimitWait this is pacing, not the provider failing."""
 
 
+class ProviderCircuitOpen(ProviderUnavailable):
+    """The provider's fleet-wide circuit breaker is open (audit.breaker): it is down for
+    everyone. Not the batch's failure: wait `wait_seconds` (the next probe) uncounted."""
+
+    def __init__(self, provider: str, wait_seconds: float, reason: str = "") -> None:
+        super().__init__(
+            provider, reason or f"circuit open, next probe in {wait_seconds:.1f}s", wait_seconds
+        )
+        self.wait_seconds = wait_seconds
+
+
 class ProviderRejected(ProviderError):
     """The provider refused the request as invalid (400): retrying will not help."""
 

@@ -13,6 +13,7 @@ import httpx
 from audit.cnpj import InvalidCNPJ, normalize_cnpj
 from audit.providers.base import (
     CnpjLookup,
+    ProviderCircuitOpen,
     ProviderError,
     ProviderRateLimited,
     ProviderRejected,
@@ -222,6 +223,10 @@ class FallbackCnpjLookup:
             soonest = min(waits, key=lambda exc: exc.wait_seconds)
             raise RateLimitWait(soonest.provider, soonest.wait_seconds)
         reasons = "; ".join(str(exc) for exc in failures)
+        if all(isinstance(exc, ProviderCircuitOpen) for exc in failures):
+            # Every registry is down for the whole fleet: wait for the soonest probe.
+            soonest_open = min(failures, key=lambda exc: exc.retry_after or 0.0)
+            raise ProviderCircuitOpen(self.name, soonest_open.retry_after or 1.0, reasons)
         limited = [exc for exc in failures if isinstance(exc, ProviderRateLimited)]
         if limited:
             # One registry is only pacing us: it will answer after its release time.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import httpx
 from redis import Redis
 
+from audit.breaker import CircuitBreakers
 from audit.providers.base import CnpjLookup, TransactionSource
 from audit.providers.cnpj import CnpjWsLookup, FallbackCnpjLookup, MinhaReceitaLookup
 from audit.providers.http import Budget
@@ -28,6 +29,19 @@ class Providers:
         self.http.close()
 
 
+def circuit_breakers(settings: Settings, redis: Redis) -> CircuitBreakers:
+    """The fleet's breakers as configured; a probe may take as long as one call can (its
+    turn in the limiter, then the request)."""
+    return CircuitBreakers(
+        redis,
+        failure_threshold=settings.breaker_failure_threshold,
+        cooldown_seconds=settings.breaker_cooldown_seconds,
+        probe_timeout_seconds=(
+            settings.provider_timeout_seconds + settings.rate_limit_max_wait_seconds + 2
+        ),
+    )
+
+
 def build_providers(settings: Settings, redis: Redis) -> Providers:
     """Clients sharing one connection pool and the fleet-wide limiter in `redis`.
 
@@ -38,6 +52,7 @@ def build_providers(settings: Settings, redis: Redis) -> Providers:
         headers={"User-Agent": "condo-audit/0.1"},
     )
     limiter = RateLimiter(redis, headroom=settings.rate_limit_headroom_ratio)
+    breakers = circuit_breakers(settings, redis)
     max_wait = settings.rate_limit_max_wait_seconds
     token = settings.cnpjws_token.get_secret_value() if settings.cnpjws_token else None
 
@@ -45,11 +60,11 @@ def build_providers(settings: Settings, redis: Redis) -> Providers:
         if name == "cnpjws":
             # The commercial tier has its own budget, separate from the public one.
             key = "cnpjws:commercial" if token else "cnpjws"
-            budget = Budget(limiter, key, settings.cnpjws_rate_per_minute, max_wait)
+            budget = Budget(limiter, key, settings.cnpjws_rate_per_minute, max_wait, breakers)
             return CnpjWsLookup(http, settings.cnpjws_base_url, budget, token)
         if name == "minha_receita":
             budget = Budget(
-                limiter, "minha_receita", settings.minha_receita_rate_per_minute, max_wait
+                limiter, "minha_receita", settings.minha_receita_rate_per_minute, max_wait, breakers
             )
             return MinhaReceitaLookup(http, settings.minha_receita_base_url, budget)
         raise ValueError(f"unknown CNPJ provider {name!r}; known: {', '.join(CNPJ_PROVIDERS)}")
@@ -63,8 +78,8 @@ def build_providers(settings: Settings, redis: Redis) -> Providers:
         settings.pluggy_client_id,
         settings.pluggy_client_secret.get_secret_value(),
         redis,
-        auth_budget=Budget(limiter, "pluggy:auth", pluggy_rate, max_wait),
-        transactions_budget=Budget(limiter, "pluggy:transactions", pluggy_rate, max_wait),
+        auth_budget=Budget(limiter, "pluggy:auth", pluggy_rate, max_wait, breakers),
+        transactions_budget=Budget(limiter, "pluggy:transactions", pluggy_rate, max_wait, breakers),
         key_reuse_seconds=settings.pluggy_api_key_reuse_seconds,
         auth_wait_seconds=max(5.0, 2 * settings.provider_timeout_seconds + max_wait),
     )

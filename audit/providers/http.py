@@ -8,7 +8,7 @@ import email.utils
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -16,8 +16,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from audit.observability import metrics
 from audit.observability.tracing import current_attempt, tracer
-from audit.providers.base import ProviderRateLimited, ProviderUnavailable
+from audit.providers.base import (
+    ProviderCircuitOpen,
+    ProviderRateLimited,
+    ProviderUnavailable,
+    RateLimitWait,
+)
 from audit.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from audit.breaker import CircuitBreakers
 
 BRASILIA = ZoneInfo("America/Sao_Paulo")
 
@@ -95,12 +103,14 @@ def parse_release_time(text: str, now: float | None = None) -> float | None:
 
 @dataclass(frozen=True)
 class Budget:
-    """Where a request's turn comes from: one limiter key at one rate."""
+    """Where a request's turn comes from: one limiter key at one rate, and the provider's
+    fleet-wide circuit breaker (None: no breaker)."""
 
     limiter: RateLimiter | None
     key: str
     rate_per_minute: float | None
     max_wait: float
+    breakers: CircuitBreakers | None = None
 
     def take(self, provider: str) -> None:
         if self.limiter is not None and self.rate_per_minute is not None:
@@ -143,24 +153,55 @@ def send(
         # A RateLimitWait from the budget is pacing; failures set the status themselves.
         set_status_on_exception=False,
     ) as span:
-        budget.take(provider)
+        breakers = budget.breakers
+        probing = False
+        if breakers is not None:
+            try:
+                probing = breakers.before_call(provider)
+            except ProviderCircuitOpen as opened:
+                span.add_event("circuit.open", {"circuit.wait_seconds": opened.wait_seconds})
+                raise
+            span.set_attribute("circuit.probe", probing)
+        try:
+            budget.take(provider)
+        except RateLimitWait:
+            if breakers is not None and probing:
+                breakers.release_probe(provider)
+            raise
         started = time.perf_counter()
         try:
-            response = http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            _observe(provider, endpoint, "timeout", started)
-            span.set_status(Status(StatusCode.ERROR, "timeout"))
-            raise ProviderUnavailable(provider, f"timeout ({type(exc).__name__})") from exc
-        except httpx.TransportError as exc:
-            _observe(provider, endpoint, "connection_error", started)
-            span.set_status(Status(StatusCode.ERROR, "connection error"))
-            reason = f"connection error ({type(exc).__name__})"
-            raise ProviderUnavailable(provider, reason) from exc
-        _observe(provider, endpoint, str(response.status_code), started)
-        span.set_attribute("http.response.status_code", response.status_code)
-        if response.status_code == 429 or response.status_code >= 500:
-            span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status_code}"))
-    return _checked(provider, budget, response)
+            try:
+                response = http.request(method, url, **kwargs)
+            except httpx.TimeoutException as exc:
+                _observe(provider, endpoint, "timeout", started)
+                span.set_status(Status(StatusCode.ERROR, "timeout"))
+                raise ProviderUnavailable(provider, f"timeout ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                _observe(provider, endpoint, "connection_error", started)
+                span.set_status(Status(StatusCode.ERROR, "connection error"))
+                reason = f"connection error ({type(exc).__name__})"
+                raise ProviderUnavailable(provider, reason) from exc
+            _observe(provider, endpoint, str(response.status_code), started)
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code == 429 or response.status_code >= 500:
+                span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status_code}"))
+            checked = _checked(provider, budget, response)
+        except ProviderRateLimited:
+            if breakers is not None and probing:
+                breakers.release_probe(provider)  # pacing: not an answer about being down
+            raise
+        except ProviderUnavailable as failed:
+            if breakers is not None and breakers.failure(provider):
+                # This failure opened the breaker (or was the failed probe): an outage, so
+                # the batch waits for the next probe instead of spending an attempt.
+                span.add_event("circuit.opened", {"provider.name": provider})
+                raise ProviderCircuitOpen(
+                    provider, breakers.cooldown_seconds, f"{failed.reason}; circuit open"
+                ) from failed
+            raise
+    if breakers is not None:
+        breakers.success(provider)
+    return checked
 
 
 def _observe(provider: str, endpoint: str, status: str, started: float) -> None:

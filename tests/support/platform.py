@@ -130,6 +130,17 @@ def platform_env(
         "RETRY_JITTER_RATIO": "0",
         "PROVIDER_TIMEOUT_SECONDS": "2",
         "CNPJWS_RATE_PER_MINUTE": "6000",
+        # Short leases and recovery passes: a killed worker's batch comes back in seconds.
+        "BATCH_LEASE_SECONDS": "10",
+        "RECOVERY_INTERVAL_SECONDS": "2",
+        # Tests of the per-batch retry policy fail a provider on purpose: the breaker stays out
+        # of their way (tests of the outage tolerance set BREAKER_FAILURE_THRESHOLD themselves).
+        "BREAKER_FAILURE_THRESHOLD": "1000",
+        "BREAKER_COOLDOWN_SECONDS": "1",
+        "BREAKER_MAX_WAIT_SECONDS": "5",
+        # Tests send bad keys on purpose from one address; tests of the limit set their own.
+        "AUTH_FAILURES_PER_MINUTE": "100000",
+        "AUTH_FAILURE_BURST": "10000",
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
 

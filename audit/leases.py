@@ -1,0 +1,140 @@
+"""Leases on batches, in Redis: how the fleet knows a batch's worker is still alive.
+
+A worker that starts a batch takes its lease (`run:<token>`, expiring after
+BATCH_LEASE_SECONDS) and renews it from a thread while the task runs. A batch rescheduled
+with a countdown holds a `wait:` lease that expires a lease after the countdown is due.
+When a worker is killed hard (SIGKILL, OOM, node loss) nobody renews its lease; the
+recovery pass (worker/recovery.py) finds unfinished batches without a lease and enqueues
+them again. That does not depend on the broker's visibility timeout, which only decides
+when kombu hands the dead worker's message out again: that late duplicate finds the batch
+running under someone else's live lease, or finished, and is dropped (`acquire` refuses).
+
+Writes are idempotent (a batch's findings are replaced whole), so an original worker that
+was only slow, not dead, and finishes after the recovered run does no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "lease:batch:"
+
+# KEYS[1] lease; ARGV[1] this run's value, ARGV[2] ttl ms. Taken (-1) unless another run
+# holds it: then the milliseconds its lease has left.
+_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, 4) == 'run:' and held ~= ARGV[1] then
+  return redis.call('PTTL', KEYS[1])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return -1
+"""
+
+# KEYS[1] lease; ARGV[1] expected value, ARGV[2] ttl ms, ARGV[3] new value ('' = keep).
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+local value = ARGV[1]
+if ARGV[3] ~= '' then value = ARGV[3] end
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """value: this run's lease; None when another run holds it for `held_for` more seconds."""
+
+    value: str | None
+    held_for: float
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class BatchLeases:
+    """Take, renew, hand over and release the leases of batches."""
+
+    def __init__(self, redis: Redis, lease_seconds: float) -> None:
+        self.redis = redis
+        self.lease_seconds = lease_seconds
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    def acquire(self, batch_id: str) -> Acquired:
+        """Take the batch for this run, unless another live run holds it."""
+        value = f"run:{secrets.token_hex(8)}"
+        left = int(self._acquire(keys=[PREFIX + batch_id], args=[value, _ms(self.lease_seconds)]))
+        if left < 0:
+            return Acquired(value, 0.0)
+        return Acquired(None, left / 1000)
+
+    def renew(self, batch_id: str, value: str) -> bool:
+        """Extend this run's lease; False when it was lost (expired and taken over)."""
+        args: list[str | int] = [value, _ms(self.lease_seconds), ""]
+        return bool(self._renew(keys=[PREFIX + batch_id], args=args))
+
+    def wait(self, batch_id: str, value: str, countdown: float) -> None:
+        """The run ends with a retry due in `countdown` s: the batch stays leased until then
+        plus one lease, so a lost retry message (its worker died) is recovered after that."""
+        args: list[str | int] = [value, _ms(countdown + self.lease_seconds), f"wait:{value[4:]}"]
+        self._renew(keys=[PREFIX + batch_id], args=args)
+
+    def release(self, batch_id: str, value: str) -> None:
+        self._release(keys=[PREFIX + batch_id], args=[value])
+
+    def unleased(self, batch_ids: Iterable[str]) -> list[str]:
+        """Those of `batch_ids` that hold no lease (no live run, no pending retry)."""
+        ids = list(batch_ids)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.exists(PREFIX + batch_id)
+        return [batch_id for batch_id, held in zip(ids, pipe.execute(), strict=True) if not held]
+
+    def mark_enqueued(self, batch_id: str) -> None:
+        """A recovered batch: no lease until a worker starts it (recovery skips PENDING)."""
+        self.redis.delete(PREFIX + batch_id)
+
+    @contextmanager
+    def kept(self, batch_id: str, value: str) -> Iterator[None]:
+        """Renew the lease every third of its length while the block runs."""
+        stop = threading.Event()
+
+        def renew_until_stopped() -> None:
+            while not stop.wait(self.lease_seconds / 3):
+                try:
+                    if not self.renew(batch_id, value):
+                        log.warning("batch %s: lease lost (taken over after expiry)", batch_id)
+                        return
+                except RedisError as exc:
+                    log.warning("batch %s: lease not renewed (%s)", batch_id, type(exc).__name__)
+
+        thread = threading.Thread(target=renew_until_stopped, name="lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
