@@ -26,7 +26,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 # What any authenticated route may answer besides its own codes (documented in OpenAPI).
 AUTHENTICATED_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "The body is not parseable JSON"},
+    400: {"description": "The body is not parseable JSON, or a header is empty or malformed"},
     415: {"description": "A body sent without Content-Type: application/json"},
     401: {"description": "Missing, invalid or revoked X-API-Key"},
     413: {"description": "Request body larger than MAX_REQUEST_BYTES"},

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from redis import Redis
 
 from audit.providers.base import (
+    ProviderCircuitOpen,
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
@@ -438,9 +439,10 @@ def _task_like(
                 providers.cnpj.lookup(cnpj)
                 outcome["success"] += 1
                 break
-            except (RateLimitWait, ProviderRateLimited) as exc:
+            except (RateLimitWait, ProviderRateLimited, ProviderCircuitOpen) as exc:
+                # Pacing and an open breaker wait uncounted, as the audit task does.
                 outcome["reschedules"] += 1
-                wait = exc.wait_seconds if isinstance(exc, RateLimitWait) else exc.retry_after
+                wait = exc.retry_after if isinstance(exc, ProviderRateLimited) else exc.wait_seconds
                 time.sleep(min(wait or 0.5, 5.0))
             except ProviderUnavailable:
                 attempts += 1

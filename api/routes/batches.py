@@ -52,7 +52,10 @@ def accepted(request: Request, batch: Batch) -> BatchAccepted:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchAccepted,
     responses={
-        400: {"model": ErrorOut, "description": "Empty Idempotency-Key"},
+        400: {
+            "model": ErrorOut,
+            "description": "The body is not parseable JSON, or the Idempotency-Key is empty",
+        },
         404: {"model": ErrorOut, "description": "Unknown condominium"},
         409: {
             "model": ErrorOut,
