@@ -22,7 +22,8 @@ from ops.workload import WorkloadConfig, generate
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TOLERANCE = 0.3
 
-pytestmark = pytest.mark.postgres
+# Fills PostgreSQL with generated rows: slow, and only where PostgreSQL answers.
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,7 @@ def test_nothing_irregular_outside_the_plants() -> None:
             assert len(amounts) < 2 or sum(amounts) <= threshold
 
 
+@pytest.mark.slow  # generates a whole month for thousands of condominiums
 def test_supplier_use_is_skewed_with_a_long_tail() -> None:
     config = WorkloadConfig(condominiums=1500, seed=3)
     uses: Counter[str] = Counter()
@@ -198,6 +199,7 @@ def test_supplier_use_is_skewed_with_a_long_tail() -> None:
     assert summary["planted"] == dict.fromkeys(PLANT_KINDS, 150)
 
 
+@pytest.mark.slow  # streams a large workload to measure its memory
 def test_streams_without_holding_the_workload() -> None:
     config = WorkloadConfig(condominiums=10_000, seed=1)
     stream = generate(config)
