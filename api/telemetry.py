@@ -18,7 +18,7 @@ from audit.observability.instrumentation import enabled, instrument_sqlalchemy
 from audit.observability.logs import configure_logging
 from audit.observability.tracing import setup_tracing, shutdown_tracing
 from audit.settings import Settings
-from worker.enqueue import audit_backlog
+from worker.enqueue import audit_backlog, tenant_backlogs
 
 SERVICE_NAME = "condo-audit-api"
 # Probes and scrapes are neither traced nor counted: they would drown the real traffic.
@@ -106,6 +106,7 @@ def signal_collector(settings: Settings) -> metrics.SignalCollector:
         budgets=budgets,
         open_dead_letters=lambda: open_dead_letter_count(settings.database_url),
         worker_ttl_seconds=3 * settings.worker_heartbeat_seconds,
+        read_tenants=lambda: tenant_backlogs(redis, settings.audit_queue, top=1),
     )
 
 

@@ -61,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
     from worker import telemetry
+    from worker.dispatch import FairDispatcher
     from worker.heartbeat import HeartbeatFile
     from worker.webhook_dispatch import WebhookDispatcher
 
@@ -68,6 +69,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     app.conf.update(celery_config(settings or get_settings()))
     app.steps["worker"].add(HeartbeatFile)
     app.steps["worker"].add(WebhookDispatcher)
+    app.steps["worker"].add(FairDispatcher)
     telemetry.install(app)
     return app
 

@@ -82,7 +82,12 @@ def submit_batch_expenses(
     ]
     try:
         submitted = submit_and_enqueue(
-            session, tenant, body.condominium_id, items, idempotency_key, enqueue_batch
+            session,
+            tenant,
+            body.condominium_id,
+            items,
+            idempotency_key,
+            lambda batch_id: enqueue_batch(batch_id, tenant, len(items)),
         )
     except UnknownCondominium:
         raise not_found("condominium") from None
