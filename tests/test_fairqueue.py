@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from redis import Redis
@@ -41,7 +42,7 @@ def drain(redis: Redis, fq: FairQueue, n: int) -> list[str]:
     taken: list[str] = []
     for _ in range(n):
         fq.dispatch(1)
-        raw = redis.rpop(QUEUE)  # kombu's consumer BRPOPs the list's other end
+        raw = cast("bytes | None", redis.rpop(QUEUE))  # kombu's consumer BRPOPs this end
         if raw is None:
             break
         taken.append(json.loads(raw)["headers"]["id"])
@@ -150,7 +151,7 @@ def test_the_backlogged_message_is_the_one_send_task_publishes(redis_url: str) -
         "audit.process_batch_expenses", args=["b-1"], task_id="b-1", queue="probe", headers=headers
     )
     client = Redis.from_url(redis_url)
-    sent = json.loads(client.rpop("probe") or b"{}")
+    sent = json.loads(cast("bytes", client.rpop("probe")))
     built = json.loads(celery_message("b-1", headers, "probe"))
     for message in (sent, built):
         message["properties"].pop("delivery_tag")  # a fresh uuid per publish
