@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from redis import Redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 DEFAULT_WEIGHT = 1.0
 MAX_WEIGHT = 1000.0
@@ -256,3 +258,34 @@ class FairQueue:
             (cast("bytes", pairs[i]).decode(), int(pairs[i + 1])) for i in range(0, len(pairs), 2)
         ]
         return BacklogSnapshot(int(total), int(active), rows)
+
+
+def stored_weights(session: Session) -> dict[str, float]:
+    """Tenants whose weight is not the default, from the database (the record of truth)."""
+    from audit.models import Tenant
+
+    rows = session.execute(
+        select(Tenant.id, Tenant.fair_weight).where(Tenant.fair_weight != DEFAULT_WEIGHT)
+    )
+    return {tenant_id: float(weight) for tenant_id, weight in rows}
+
+
+def set_tenant_weight(session: Session, tenant_id: str, weight: float) -> None:
+    """Store a tenant's weight; LookupError when the tenant does not exist. The caller then
+    tells the fair queue (FairQueue.set_weight), which is what dispatch reads."""
+    from audit.models import Tenant
+
+    weight = validate_weight(weight)
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise LookupError(f"tenant {tenant_id} does not exist")
+    tenant.fair_weight = weight
+
+
+def sync_weights(session: Session, queue: FairQueue) -> int:
+    """Copy the stored weights into Redis (a worker does it at start: a Redis that lost its
+    data, or a queue renamed, gets the operators' weights back). Returns how many were set."""
+    weights = stored_weights(session)
+    for tenant_id, weight in weights.items():
+        queue.set_weight(tenant_id, weight)
+    return len(weights)

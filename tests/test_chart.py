@@ -398,9 +398,7 @@ def test_queue_name_is_one_value_in_config_worker_and_trigger(scenario: str) -> 
             assert names["backlog"] == pending_key(expected)
 
 
-def test_scaled_object_sums_backlog_queued_and_inflight(
-    scenario: str, objects: list[Obj]
-) -> None:
+def test_scaled_object_sums_backlog_queued_and_inflight(scenario: str, objects: list[Obj]) -> None:
     values = scenario_values(scenario)
     scaled_objects = cs.by_kind(objects, "ScaledObject")
     if not values["keda"]["enabled"]:

@@ -30,7 +30,7 @@ from celery import bootsteps, signals
 from redis import Redis
 from redis.exceptions import RedisError
 
-from audit.fairqueue import FairQueue
+from audit.fairqueue import FairQueue, sync_weights
 from audit.settings import Settings, get_settings
 from worker.celery_app import PROCESS_BATCH_TASK
 
@@ -105,6 +105,17 @@ class DispatchTick:
                 log.exception("fair dispatch tick failed")
 
 
+def sync_stored_weights(settings: Settings, queue: FairQueue) -> None:
+    """The operators' weights, from the database into Redis (best effort, at start)."""
+    from audit.db import session_scope
+
+    try:
+        with session_scope(settings.database_url) as session:
+            sync_weights(session, queue)
+    except Exception as exc:  # a worker must start even so; weights default to equal
+        log.warning("tenant weights not synced to the fair queue (%s)", type(exc).__name__)
+
+
 class FairDispatcher(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs the tick in workers that consume the audit queue."""
 
@@ -117,6 +128,7 @@ class FairDispatcher(bootsteps.StartStopStep):  # type: ignore[misc]
         settings = get_settings()
         if consumes(worker, settings.audit_queue):
             self.tick = DispatchTick(worker, settings)
+            sync_stored_weights(settings, self.tick.queue)
             self.tick.start()
             log.info("fair dispatch tick on, every %.1fs", settings.fair_dispatch_tick_seconds)
 
