@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     # Fair queuing between tenants (audit/fairqueue.py): batches wait in per-tenant backlogs
     # and are dispatched to the queue list by deficit round robin.
     fair_quantum_expenses: int = Field(
-        default=20,
+        default=5,
         ge=1,
         description="Credit, in expenses, a tenant of weight 1 earns per turn of the round robin.",
     )

@@ -158,3 +158,13 @@ def test_the_backlogged_message_is_the_one_send_task_publishes(redis_url: str) -
         message["properties"].pop("reply_to")  # the publishing app's id
         message["headers"].pop("origin")  # the publishing host and pid
     assert built == sent
+
+
+def test_a_batch_far_larger_than_the_quantum_is_dispatched_in_one_call(redis: Redis) -> None:
+    fq = FairQueue(redis, QUEUE, quantum=1)
+    fq.push("huge", "A", message("huge"), cost=1000, ahead=0)
+    for i in range(3):
+        fq.push(f"b{i}", "B", message(f"b{i}"), cost=400, ahead=0)
+    # Credits grow one quantum a round; idle rounds are skipped, not stepped through.
+    order = drain(redis, fq, 4)
+    assert order == ["b0", "b1", "huge", "b2"]  # B's 400s fit twice in A's 1000
