@@ -100,6 +100,8 @@ def span_seconds(platform: Platform, ids: list[str]) -> float:
         ).one()
         statuses = set(session.scalars(select(Batch.status).where(Batch.id.in_(ids))))
     assert statuses == {"SUCCESS"}, statuses
+    assert first is not None
+    assert last is not None
     return float((last - first).total_seconds())
 
 
