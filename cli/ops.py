@@ -478,6 +478,13 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
         default="month-end",
         help="month-end: ramps up to 2x average mid-window and down again",
     )
+    load.add_argument(
+        "--load",
+        dest="load_file",
+        type=Path,
+        help='per-tenant arrivals, JSON {"tenants": {name: [offset seconds, ...]}} (as '
+        "`python -m loadtests.fairness` writes): replaces the options above",
+    )
     k = p.add_argument_group("autoscaling (default: the chart's values)")
     k.add_argument("--min-replicas", type=int)
     k.add_argument("--max-replicas", type=int)
@@ -583,6 +590,11 @@ def build_scenario(args: argparse.Namespace) -> scaling.Scenario:
         window_minutes=args.window_minutes,
         shape=args.shape,
     )
+    if getattr(args, "load_file", None) is not None:
+        try:
+            load = scaling.Load.from_file(args.load_file)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--load: {exc}") from None
     if a.min_replicas > a.max_replicas or a.max_replicas < 1:
         raise CliError(f"replicas: min {a.min_replicas} > max {a.max_replicas}")
     if w.task_seconds <= 0 or w.concurrency <= 0 or a.target_per_replica <= 0:
