@@ -31,6 +31,13 @@ Why this shape fits Celery on Redis:
 - KEDA still reads plain keys: the `pending` hash (one field per backlogged batch) is the
   total backlog, added to the queue list and the unacked hash in the ScaledObject's formula.
 
+What it does not cover: a retry (a countdown after a provider failure or a limiter wait) is
+republished by Celery straight to the queue list; it is work already dispatched in its turn,
+and the provider budgets it waits for are shared fairly by audit/ratelimit.py. Batches
+re-enqueued by id (a dead-letter replay, `requeue-lost`, lease recovery) go back to their
+tenant's backlog like new ones (worker/enqueue.py reads the tenant from the database).
+The scripts use LMOVE and ZADD GT: Redis 6.2 or later (the chart runs 7.4).
+
 This module knows nothing of Celery: the messages are opaque strings made by worker/enqueue.py
 and pushed (LPUSH, the end kombu's consumers BRPOP from the other side) onto the destination
 list. Keys live under `<queue>:fair:`; the scripts build tenant keys from that prefix, which is
