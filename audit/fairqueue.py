@@ -36,7 +36,8 @@ republished by Celery straight to the queue list; it is work already dispatched 
 and the provider budgets it waits for are shared fairly by audit/ratelimit.py. Batches
 re-enqueued by id (a dead-letter replay, `requeue-lost`, lease recovery) go back to their
 tenant's backlog like new ones (worker/enqueue.py reads the tenant from the database).
-The scripts use LMOVE and ZADD GT: Redis 6.2 or later (the chart runs 7.4).
+The scripts use LMOVE (and the limiter's fair share ZADD GT): Redis 6.2 or later (the chart
+runs 7.4).
 
 This module knows nothing of Celery: the messages are opaque strings made by worker/enqueue.py
 and pushed (LPUSH, the end kombu's consumers BRPOP from the other side) onto the destination
