@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import bootsteps, signals
+from celery.worker import state
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -66,8 +67,6 @@ def dispatch_successor(sender: Any = None, **_: Any) -> None:
 
 def idle_slots(worker: Any) -> int:
     """Pool slots holding no request: concurrency minus requests received and not finished."""
-    from celery.worker import state
-
     concurrency = int(getattr(worker, "concurrency", 0) or 0)
     return max(0, concurrency - len(state.reserved_requests))
 
@@ -118,6 +117,9 @@ def sync_stored_weights(settings: Settings, queue: FairQueue) -> None:
 
 class FairDispatcher(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs the tick in workers that consume the audit queue."""
+
+    # After the pool has forked its processes: none inherits the tick thread mid-call.
+    requires = {"celery.worker.components:Pool"}
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         self.tick: DispatchTick | None = None
