@@ -4,8 +4,12 @@ tenant, weights, and a move from backlog to queue list that never loses or doubl
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -168,3 +172,36 @@ def test_a_batch_far_larger_than_the_quantum_is_dispatched_in_one_call(redis: Re
     # Credits grow one quantum a round; idle rounds are skipped, not stepped through.
     order = drain(redis, fq, 4)
     assert order == ["b0", "b1", "huge", "b2"]  # B's 400s fit twice in A's 1000
+
+
+def test_set_weight_from_the_command_line(redis_url: str, tmp_path: Path) -> None:
+    from audit.auth import create_tenant
+    from audit.db import session_scope, upgrade_database
+    from audit.models import Tenant
+
+    database_url = f"sqlite:///{tmp_path / 'weights.db'}"
+    upgrade_database(database_url)
+    with session_scope(database_url) as session:
+        tenant_id = create_tenant(session, "Administradora Grande").id
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "AUDIT_QUEUE": QUEUE}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", *argv], env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+
+    done = cli("tenants", "set-weight", tenant_id, "3")
+    assert done.returncode == 0, done.stderr
+    assert FairQueue(Redis.from_url(redis_url), QUEUE).weights() == {tenant_id: 3.0}
+    with session_scope(database_url) as session:
+        assert session.get(Tenant, tenant_id).fair_weight == 3.0  # type: ignore[union-attr]
+    assert f"{tenant_id}  weight 3  Administradora Grande" in cli("tenants", "list").stdout
+    for argv, reason in (
+        ((tenant_id, "0"), "weight must be greater than 0"),
+        (("no-such-tenant", "2"), "tenant no-such-tenant does not exist"),
+    ):
+        refused = cli("tenants", "set-weight", *argv)
+        assert refused.returncode != 0
+        assert reason in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1  # one line, no traceback
