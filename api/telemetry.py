@@ -19,7 +19,7 @@ from audit.observability.logs import configure_logging
 from audit.observability.tracing import setup_tracing, shutdown_tracing
 from audit.providers.factory import circuit_breakers
 from audit.settings import Settings
-from worker.enqueue import audit_backlog
+from worker.enqueue import audit_backlog, tenant_backlogs
 
 SERVICE_NAME = "condo-audit-api"
 # Probes and scrapes are neither traced nor counted: they would drown the real traffic.
@@ -114,6 +114,7 @@ def signal_collector(settings: Settings) -> metrics.SignalCollector:
         circuit_states=lambda: {
             provider: breakers.state(provider).state for provider in BREAKER_PROVIDERS
         },
+        read_tenants=lambda: tenant_backlogs(redis, settings.audit_queue, top=1),
     )
 
 

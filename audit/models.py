@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -56,6 +57,8 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Share of the fleet against other tenants with work waiting (audit/fairqueue.py); 1 = equal.
+    fair_weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
 
 
 class ApiKey(Base):

@@ -21,6 +21,7 @@ from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import BatchStatus, findings_summary
 from audit.models import BankTransaction, Batch, Condominium, Expense, Finding
 from audit.providers.base import BankTransactionRecord, Registration, TransactionSource
+from audit.ratelimit import requests_for
 from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings, evaluate
 from audit.webhooks import EventType
 from audit.webhooks.outbox import record_batch_event
@@ -56,15 +57,18 @@ class BatchAuditor:
             settings = RuleSettings.from_stored(condominium.audit_settings)
             account_id = condominium.pluggy_account_id
             condominium_id = condominium.id
+            tenant_id = batch.tenant_id
 
-        registrations = self._resolve_suppliers(batch_id, expenses)
         bank_data_available = False
-        if account_id and self.transactions is not None and expenses:
-            start = min(e.expense_date for e in expenses) - dt.timedelta(settings.match_window_days)
-            end = max(e.expense_date for e in expenses) + dt.timedelta(settings.match_window_days)
-            records = self.transactions.fetch(account_id, start, end)
-            self._store_transactions(condominium_id, records)
-            bank_data_available = True
+        with requests_for(tenant_id):  # provider budgets are shared fairly between tenants
+            registrations = self._resolve_suppliers(batch_id, expenses)
+            if account_id and self.transactions is not None and expenses:
+                window = dt.timedelta(settings.match_window_days)
+                start = min(e.expense_date for e in expenses) - window
+                end = max(e.expense_date for e in expenses) + window
+                records = self.transactions.fetch(account_id, start, end)
+                self._store_transactions(condominium_id, records)
+                bank_data_available = True
 
         with self.sessions.begin() as session:
             transactions = load_transactions(session, condominium_id, batch_id, expenses, settings)

@@ -11,13 +11,27 @@ A caller may reserve a slot up to `max_wait` seconds ahead and sleep until it; a
 further away is not reserved (no budget is held for a caller that goes away), the caller
 gets the wait instead and reschedules itself. A provider's 429 pushes TAT to the release
 time it announced, which slows every worker down at once (`penalize`).
+
+Fair shares between tenants. One shared budget handed out first come, first served goes to
+whoever asks most often: a tenant with a thousand new suppliers has hundreds of batches
+coming back for CNPJ lookups, and a tenant with five would wait for the whole flood. So a
+request made for a tenant (`requests_for`, set by the pipeline around a batch) also passes a
+per-tenant GCRA in the same script: while k tenants want the budget, each tenant's own TAT
+moves k intervals per granted request, so each gets 1/k of the budget and a tenant over its
+share is deferred (told to come back at its next fair slot) while the others take theirs. A
+tenant alone moves its own TAT one interval, which never binds: nothing changes for a
+single tenant and no slot is held back from it. "Wanting the budget" is a claim in a sorted
+set, renewed at every request and lapsing one interval (plus 2 s) after the tenant's next fair
+slot, so a tenant that stops asking stops holding a share within seconds.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import cast
 
@@ -49,6 +63,42 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat),
 return {1, wait}
 """
 
+# KEYS[1] the budget, KEYS[2] tenants wanting it (zset tenant -> claim expiry, us),
+# KEYS[3] tenants' own TATs (hash); ARGV[1] interval (us), ARGV[2] longest wait (us),
+# ARGV[3] tenant. Returns {granted 0/1, wait in us}.
+_RESERVE_FAIR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local tenant = ARGV[3]
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local sharing = redis.call('ZCARD', KEYS[2])
+if not redis.call('ZSCORE', KEYS[2], tenant) then sharing = sharing + 1 end
+local tat = now
+local raw = redis.call('GET', KEYS[1])
+if raw then tat = math.max(tonumber(raw), now) end
+local own = now
+local own_raw = redis.call('HGET', KEYS[3], tenant)
+if own_raw then own = math.max(tonumber(own_raw), now) end
+local wait = tat - now
+local need = wait
+if sharing > 1 then need = math.max(wait, own - now) end
+local claim = now + need + interval + 2000000
+redis.call('ZADD', KEYS[2], 'GT', claim, tenant)
+local ttl = math.ceil((need + (sharing + 1) * interval) / 1000) + 5000
+redis.call('PEXPIRE', KEYS[2], ttl)
+if need > max_wait then
+  return {0, need}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat),
+           'PX', math.ceil((new_tat - now) / 1000) + 1000)
+redis.call('HSET', KEYS[3], tenant, string.format('%d', math.max(own, tat) + sharing * interval))
+redis.call('PEXPIRE', KEYS[3], ttl)
+return {1, wait}
+"""
+
 # KEYS[1] the budget; ARGV[1] back-off (us). Nobody is granted a slot before now + back-off.
 _PENALIZE = """
 local t = redis.call('TIME')
@@ -64,6 +114,18 @@ return 1
 """
 
 _US = 1_000_000
+
+_requester: ContextVar[str | None] = ContextVar("ratelimit_requester", default=None)
+
+
+@contextmanager
+def requests_for(tenant: str) -> Iterator[None]:
+    """Provider requests made inside this block count against `tenant`'s fair share."""
+    token = _requester.set(tenant)
+    try:
+        yield
+    finally:
+        _requester.reset(token)
 
 
 @dataclass(frozen=True)
@@ -82,13 +144,22 @@ class RateLimiter:
     two requests land inside one of the provider's windows more often than the limit allows.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str = "ratelimit:", headroom: float = 0.02):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "ratelimit:",
+        headroom: float = 0.02,
+        fair_share: bool = True,
+    ):
         if not 0 <= headroom < 1:
             raise ValueError("headroom must be in [0, 1)")
         self.redis = redis
         self.prefix = prefix
         self.headroom = headroom
+        self.fair_share = fair_share
         self._reserve = redis.register_script(_RESERVE)
+        self._reserve_fair = redis.register_script(_RESERVE_FAIR)
         self._penalize = redis.register_script(_PENALIZE)
 
     def interval(self, rate_per_minute: float) -> float:
@@ -97,13 +168,32 @@ class RateLimiter:
             raise ValueError("rate_per_minute must be positive")
         return 60.0 / (rate_per_minute * (1 - self.headroom))
 
-    def reserve(self, key: str, rate_per_minute: float, max_wait: float = 0.0) -> Reservation:
+    def reserve(
+        self,
+        key: str,
+        rate_per_minute: float,
+        max_wait: float = 0.0,
+        *,
+        tenant: str | None = None,
+    ) -> Reservation:
+        """A slot on the budget; for a tenant (default: the one of `requests_for`), within
+        its fair share of it."""
         interval_us = math.ceil(self.interval(rate_per_minute) * _US)
         max_wait_us = max(0, math.floor(max_wait * _US))
-        granted, wait_us = cast(
-            "list[int]",
-            self._reserve(keys=[self.prefix + key], args=[interval_us, max_wait_us]),
-        )
+        tenant = tenant if tenant is not None else _requester.get()
+        budget = self.prefix + key
+        if tenant is not None and self.fair_share:
+            granted, wait_us = cast(
+                "list[int]",
+                self._reserve_fair(
+                    keys=[budget, budget + ":wanting", budget + ":tenants"],
+                    args=[interval_us, max_wait_us, tenant],
+                ),
+            )
+        else:
+            granted, wait_us = cast(
+                "list[int]", self._reserve(keys=[budget], args=[interval_us, max_wait_us])
+            )
         return Reservation(granted=bool(granted), wait=int(wait_us) / _US)
 
     def acquire(self, key: str, rate_per_minute: float) -> float:

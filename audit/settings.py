@@ -53,6 +53,29 @@ class Settings(BaseSettings):
         description="Must exceed the longest retry countdown, or a message is delivered twice.",
     )
 
+    # Fair queuing between tenants (audit/fairqueue.py): batches wait in per-tenant backlogs
+    # and are dispatched to the queue list by deficit round robin.
+    fair_quantum_expenses: int = Field(
+        default=5,
+        ge=1,
+        description="Credit, in expenses, a tenant of weight 1 earns per turn of the round robin.",
+    )
+    fair_queue_ahead: int = Field(
+        default=1,
+        ge=1,
+        description="Messages kept in the queue list beyond the free worker slots; a new "
+        "tenant's first batch waits behind at most these and the running ones.",
+    )
+    fair_dispatch_tick_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often each worker tops the queue list up to its idle slots.",
+    )
+    fair_provider_share: bool = Field(
+        default=True,
+        description="Share each provider budget fairly between the tenants waiting for it.",
+    )
+
     # API
     max_batch_size: int = 1000
     max_request_bytes: int = 2_000_000

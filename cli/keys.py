@@ -1,4 +1,5 @@
-"""`condo-audit tenants|keys`: create tenants, issue API keys (shown once), revoke them."""
+"""`condo-audit tenants|keys`: create tenants, set their fair-queue weight, issue API keys
+(shown once), revoke them."""
 
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     create.set_defaults(handler=run_create_tenant)
     listing = tenant_actions.add_parser("list", help="list tenants")
     listing.set_defaults(handler=run_list_tenants)
+    weight = tenant_actions.add_parser(
+        "set-weight",
+        help="a tenant's share of the workers while others have work waiting (1 = equal)",
+        description="Set a tenant's weight in the fair queue: while several tenants have "
+        "batches waiting, each gets workers in proportion to its weight (default 1). "
+        "Takes effect at the tenant's next turn; stored in the database and in Redis.",
+    )
+    weight.add_argument("tenant_id")
+    weight.add_argument("weight", type=float, help="greater than 0, at most 1000 (1 = equal share)")
+    weight.set_defaults(handler=run_set_weight)
 
     keys = subparsers.add_parser("keys", help="API keys")
     key_actions = keys.add_subparsers(dest="action", required=True)
@@ -51,7 +62,31 @@ def run_create_tenant(args: argparse.Namespace) -> int:
 def run_list_tenants(args: argparse.Namespace) -> int:
     with session_scope(get_settings().database_url) as session:
         for tenant in session.scalars(select(Tenant).order_by(Tenant.created_at)):
-            print(f"{tenant.id}  {tenant.name}")
+            print(f"{tenant.id}  weight {tenant.fair_weight:g}  {tenant.name}")
+    return 0
+
+
+def run_set_weight(args: argparse.Namespace) -> int:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from audit.fairqueue import FairQueue, set_tenant_weight
+
+    settings = get_settings()
+    try:
+        with session_scope(settings.database_url) as session:
+            set_tenant_weight(session, args.tenant_id, args.weight)
+    except (ValueError, LookupError) as exc:
+        raise CliError(str(exc)) from None
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        FairQueue(redis, settings.audit_queue).set_weight(args.tenant_id, args.weight)
+    except RedisError as exc:
+        raise CliError(
+            f"weight stored in the database, but Redis is unreachable ({type(exc).__name__}): "
+            "workers apply it when they next start; run the command again to apply it now"
+        ) from None
+    print(f"{args.tenant_id}  weight {args.weight:g}")
     return 0
 
 

@@ -51,9 +51,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = sub.add_parser(
         "status",
         parents=[cluster, backlog],
-        help="replicas, KEDA and HPA state, backlog parts, formula value, dead letters",
+        help="replicas, KEDA and HPA state, backlog parts (top tenants by backlog), formula "
+        "value, dead letters",
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--top-tenants",
+        type=_non_negative,
+        default=5,
+        help="tenants with the longest fair-queue backlogs to list (default 5)",
+    )
     status.add_argument("--database-url", help="database for dead letters (Settings DATABASE_URL)")
     status.set_defaults(handler=_status)
 
@@ -215,7 +222,7 @@ def _queue_status(
     import redis
 
     from ops import cluster as oc
-    from worker.broker import read_backlog
+    from worker.broker import read_backlog, tenant_backlogs
 
     url = args.redis_url or settings.redis_url
     queue = args.queue or settings.audit_queue
@@ -223,6 +230,7 @@ def _queue_status(
         r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         keys = tuple(keda.triggers.values()) if keda else ()
         parts = read_backlog(r, queue, unacked_key=args.unacked_key, extra_keys=keys)
+        tenants = tenant_backlogs(r, queue, top=args.top_tenants)
     except (redis.RedisError, OSError) as exc:
         errors.append(f"Redis at {_safe_url(url)}: {exc}")
         return {"error": str(exc)}
@@ -239,10 +247,16 @@ def _queue_status(
         formula = "max(" + ", ".join(keda.triggers) + ")"
         value = float(max(parts.key_lengths.get(k, 0) for k in keda.triggers.values()))
     else:
-        formula = f"{queue} + {args.unacked_key} (the chart's formula; no ScaledObject)"
+        formula = (
+            f"{queue}:fair:pending + {queue} + {args.unacked_key} "
+            "(the chart's formula; no ScaledObject)"
+        )
         value = float(parts.outstanding)
     result: dict[str, Any] = {
         "queue": queue,
+        "backlog": parts.backlogged,
+        "backlogTenants": tenants.active_tenants,
+        "topTenants": [{"tenant": t, "batches": n} for t, n in tenants.top],
         "queued": parts.queued,
         "inFlight": parts.in_flight,
         "scheduledRetries": parts.scheduled,
@@ -342,7 +356,10 @@ def render_status(d: dict[str, Any]) -> str:
     if "error" in q:
         rows.append(("queue", f"unavailable: {q['error']}"))
     else:
+        top = ", ".join(f"{t['tenant']} {t['batches']}" for t in q["topTenants"]) or "-"
         rows += [
+            ("backlog", f"{q['backlog']} ({q['backlogTenants']} tenants waiting their turn)"),
+            ("  top tenants by backlog", top),
             ("queued", f"{q['queued']} (list {q['queue']})"),
             ("in flight", v(q["inFlight"])),
             ("scheduled retries", v(q["scheduledRetries"])),
@@ -461,6 +478,13 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
         default="month-end",
         help="month-end: ramps up to 2x average mid-window and down again",
     )
+    load.add_argument(
+        "--load",
+        dest="load_file",
+        type=Path,
+        help='per-tenant arrivals, JSON {"tenants": {name: [offset seconds, ...]}} (as '
+        "`python -m loadtests.fairness` writes): replaces the options above",
+    )
     k = p.add_argument_group("autoscaling (default: the chart's values)")
     k.add_argument("--min-replicas", type=int)
     k.add_argument("--max-replicas", type=int)
@@ -566,6 +590,11 @@ def build_scenario(args: argparse.Namespace) -> scaling.Scenario:
         window_minutes=args.window_minutes,
         shape=args.shape,
     )
+    if getattr(args, "load_file", None) is not None:
+        try:
+            load = scaling.Load.from_file(args.load_file)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--load: {exc}") from None
     if a.min_replicas > a.max_replicas or a.max_replicas < 1:
         raise CliError(f"replicas: min {a.min_replicas} > max {a.max_replicas}")
     if w.task_seconds <= 0 or w.concurrency <= 0 or a.target_per_replica <= 0:

@@ -189,7 +189,8 @@ def _sample(
     try:
         parts = read_backlog(r, queue, unacked_key=unacked_key)
         row.update(
-            queued=parts.queued,
+            # Waiting for a worker: in the tenants' backlogs or in the queue list.
+            queued=parts.backlogged + parts.queued,
             in_flight=parts.in_flight,
             scheduled=parts.scheduled,
             outstanding=parts.outstanding,

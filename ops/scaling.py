@@ -16,6 +16,10 @@ peak, without a cluster. The model follows the controllers' published algorithms
 - Provider budgets (CNPJ lookups and Pluggy requests per minute) are shared by the whole fleet,
   as the platform's Redis limiter makes them: a batch starts only when the budget has room for
   its lookups, so past the budget more pods only wait.
+- A load may name its tenants, each with its own arrival times (`Load.from_file`, the
+  two-tenant month-end the load test writes): free slots then go to the tenants with work
+  waiting in equal shares, the fluid limit of the platform's deficit round robin, and the
+  summary says when each tenant's last batch finished.
 
 Pure: no Kubernetes, no Celery, no Redis. matplotlib is imported only to draw.
 """
@@ -116,15 +120,49 @@ class Providers:
 
 @dataclass(frozen=True)
 class Load:
-    """N condominiums submitting their month's batches within a window."""
+    """N condominiums submitting their month's batches within a window; or, when `tenants`
+    is given, each tenant's batches at the offsets (seconds) listed for it."""
 
     condominiums: int = 10_000
     batches_per_condominium: int = 1
     window_minutes: float = 60.0
     shape: Shape = "month-end"
+    tenants: tuple[tuple[str, tuple[float, ...]], ...] = ()
+
+    @classmethod
+    def from_file(cls, path: Path) -> Load:
+        """`{"tenants": {"name": [offset seconds, ...], ...}}` (loadtests.fairness writes it)."""
+        import json
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = data.get("tenants") if isinstance(data, dict) else None
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError(f"{path}: expected {{'tenants': {{name: [offsets...]}}}}")
+        tenants = []
+        for name, offsets in raw.items():
+            if not isinstance(offsets, list) or not all(
+                isinstance(o, (int, float)) and o >= 0 for o in offsets
+            ):
+                raise ValueError(f"{path}: tenant {name!r} needs a list of offsets >= 0 seconds")
+            tenants.append((str(name), tuple(sorted(float(o) for o in offsets))))
+        count = sum(len(o) for _, o in tenants)
+        window = max((o[-1] for _, o in tenants if o), default=0.0) / 60.0
+        return cls(
+            condominiums=count, window_minutes=window, shape="uniform", tenants=tuple(tenants)
+        )
+
+    @property
+    def tenant_names(self) -> list[str]:
+        return [name for name, _ in self.tenants]
+
+    def tenant_arrivals(self, name: str, second: int) -> float:
+        offsets = dict(self.tenants)[name]
+        return float(sum(1 for o in offsets if second <= o < second + 1))
 
     @property
     def total_batches(self) -> float:
+        if self.tenants:
+            return float(sum(len(o) for _, o in self.tenants))
         return float(self.condominiums * self.batches_per_condominium)
 
     @property
@@ -133,6 +171,8 @@ class Load:
 
     def cumulative(self, x: float) -> float:
         """Batches submitted by second x (exact, so per-second arrivals sum to the total)."""
+        if self.tenants:
+            return float(sum(1 for _, offsets in self.tenants for o in offsets if o < x))
         total, w = self.total_batches, self.window_seconds
         if self.shape == "burst" or w <= 0:
             return total if x > 0 else 0.0
@@ -149,6 +189,8 @@ class Load:
 
     @property
     def last_arrival_second(self) -> int:
+        if self.tenants:
+            return int(max((o[-1] for _, o in self.tenants if o), default=0.0))
         if self.shape == "burst":
             return 0
         return max(0, math.ceil(self.window_seconds) - 1)
@@ -199,6 +241,7 @@ class Summary:
     limiting_factor: str
     pod_rate_at_peak: float
     provider_rate: float | None
+    tenant_finished_seconds: dict[str, int | None] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         def clock(s: float | None) -> str:
@@ -223,6 +266,9 @@ class Summary:
             f"back to min replicas  {clock(self.back_to_min_seconds)}",
             f"pace set by           {self.limiting_factor} (pods at peak: "
             f"{self.pod_rate_at_peak:.2f} batches/s, provider budgets: {provider})",
+        ] + [
+            f"tenant {name:<14} last batch done at {clock(done)}"
+            for name, done in self.tenant_finished_seconds.items()
         ]
 
 
@@ -347,6 +393,12 @@ def simulate(scenario: Scenario, *, max_seconds: int | None = None) -> Result:
     samples: list[Sample] = []
     drained_at: int | None = None
     back_at: int | None = None
+    # Per tenant (when the load names them): waiting, started batches by finish time, done.
+    waiting = {name: 0.0 for name in load.tenant_names}
+    splits: deque[tuple[float, dict[str, float]]] = deque()
+    done = {name: 0.0 for name in load.tenant_names}
+    expected = {name: float(len(offsets)) for name, offsets in load.tenants}
+    finished_at: dict[str, int | None] = {name: None for name in load.tenant_names}
 
     for t in range(limit + 1):
         completions = 0.0
@@ -354,9 +406,16 @@ def simulate(scenario: Scenario, *, max_seconds: int | None = None) -> Result:
             n = cohorts.popleft()[1]
             completions += n
             in_flight -= n
+        while splits and splits[0][0] <= t + EPSILON:
+            for name, n in splits.popleft()[1].items():
+                done[name] += n
+                if finished_at[name] is None and done[name] >= expected[name] - 1e-6:
+                    finished_at[name] = t
         completed += completions
         arrivals = load.arrivals(t) if t <= load.last_arrival_second else 0.0
         queued += arrivals
+        for name in waiting:
+            waiting[name] += load.tenant_arrivals(name, t) if t <= load.last_arrival_second else 0.0
 
         if cnpj_rate is not None:
             cnpj_tokens = min(cnpj_rate, cnpj_tokens + cnpj_rate) if t else cnpj_tokens
@@ -373,6 +432,11 @@ def simulate(scenario: Scenario, *, max_seconds: int | None = None) -> Result:
             queued -= starts
             in_flight += starts
             cohorts.append((t + w.task_seconds, starts))
+            if waiting:
+                split = fair_split(waiting, starts)
+                for name, n in split.items():
+                    waiting[name] -= n
+                splits.append((t + w.task_seconds, split))
             cnpj_tokens -= starts * p.cnpj_lookups_per_batch if cnpj_rate is not None else 0.0
             pluggy_tokens -= (
                 starts * p.pluggy_requests_per_batch if pluggy_rate is not None else 0.0
@@ -427,7 +491,27 @@ def simulate(scenario: Scenario, *, max_seconds: int | None = None) -> Result:
             back_at = t
             break
 
-    return Result(scenario, samples, _summarize(scenario, samples, drained_at, back_at))
+    summary = _summarize(scenario, samples, drained_at, back_at)
+    summary = replace(summary, tenant_finished_seconds=finished_at)
+    return Result(scenario, samples, summary)
+
+
+def fair_split(waiting: Mapping[str, float], starts: float) -> dict[str, float]:
+    """Slots that free up go to the tenants with work waiting, in equal shares (a tenant that
+    needs less than its share leaves the rest to the others): DRR with equal weights, fluid."""
+    left = {name: n for name, n in waiting.items() if n > EPSILON}
+    split = dict.fromkeys(waiting, 0.0)
+    remaining = starts
+    while remaining > EPSILON and left:
+        share = remaining / len(left)
+        for name in list(left):
+            take = min(share, left[name])
+            split[name] += take
+            left[name] -= take
+            remaining -= take
+            if left[name] <= EPSILON:
+                del left[name]
+    return split
 
 
 def provider_caps(p: Providers) -> dict[str, float]:
@@ -689,8 +773,14 @@ def describe(scenario: Scenario) -> list[str]:
 
     return [
         f"parameters from {scenario.source}",
-        f"load: {load.condominiums:,} condominiums x {load.batches_per_condominium} batch, "
-        f"{load.shape} window {load.window_minutes:g} min",
+        (
+            "load: "
+            + ", ".join(f"tenant {name} {len(offsets)} batches" for name, offsets in load.tenants)
+            + f" within {load.window_seconds:.0f} s, shared fairly between tenants"
+            if load.tenants
+            else f"load: {load.condominiums:,} condominiums x {load.batches_per_condominium} "
+            f"batch, {load.shape} window {load.window_minutes:g} min"
+        ),
         f"KEDA: min {a.min_replicas}, max {a.max_replicas}, target {a.target_per_replica:g}/pod, "
         f"polling {a.polling_interval_seconds}s; HPA sync {a.sync_seconds}s, tolerance "
         f"{a.tolerance:g}" + ("" if a.enabled else " (KEDA off: fixed replicas)"),

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from audit.fairqueue import pending_key
 from tests.support import charts as cs
 from tests.support.charts import Obj
 
@@ -392,11 +393,12 @@ def test_queue_name_is_one_value_in_config_worker_and_trigger(scenario: str) -> 
         for scaled in cs.by_kind(objects, "ScaledObject"):
             if scaled["metadata"]["labels"]["app.kubernetes.io/component"] != "worker":
                 continue  # the webhooks ScaledObject reads the webhooks queue
-            queued = next(t for t in scaled["spec"]["triggers"] if t["name"] == "queued")
-            assert queued["metadata"]["listName"] == expected
+            names = {t["name"]: t["metadata"]["listName"] for t in scaled["spec"]["triggers"]}
+            assert names["queued"] == expected
+            assert names["backlog"] == pending_key(expected)
 
 
-def test_scaled_object_sums_queued_and_inflight(scenario: str, objects: list[Obj]) -> None:
+def test_scaled_object_sums_backlog_queued_and_inflight(scenario: str, objects: list[Obj]) -> None:
     values = scenario_values(scenario)
     scaled_objects = cs.by_kind(objects, "ScaledObject")
     if not values["keda"]["enabled"]:
@@ -406,22 +408,26 @@ def test_scaled_object_sums_queued_and_inflight(scenario: str, objects: list[Obj
     scaled = cs.one(objects, "ScaledObject", "worker")
     spec = scaled["spec"]
     modifiers = spec["advanced"]["scalingModifiers"]
-    assert modifiers["formula"] == "queued + inflight"
+    assert modifiers["formula"] == "backlog + queued + inflight"
     assert modifiers["metricType"] == "AverageValue"
     target = values["worker"]["concurrency"] * values["keda"]["tasksPerSlot"]
     assert modifiers["target"] == str(target)
 
     triggers = {t["name"]: t for t in spec["triggers"]}
-    assert set(triggers) == {"queued", "inflight"}
+    assert set(triggers) == {"backlog", "queued", "inflight"}
     assert all(t["type"] == "redis" for t in triggers.values())
     assert triggers["inflight"]["metadata"]["listName"] == "unacked"
+    queue = values["config"]["auditQueue"]
+    assert triggers["backlog"]["metadata"]["listName"] == pending_key(queue)
     for trigger in triggers.values():
         meta = trigger["metadata"]
         assert meta["listLength"] == str(target)
         assert "password" not in meta
         assert "passwordFromEnv" not in meta
         assert trigger["authenticationRef"]["name"]
-    assert triggers["queued"]["metadata"]["address"] == triggers["inflight"]["metadata"]["address"]
+    addresses = {t["metadata"]["address"] for t in triggers.values()}
+    assert addresses == {triggers["queued"]["metadata"]["address"]}
+    assert len({t["metadata"]["databaseIndex"] for t in triggers.values()}) == 1
 
     # The trigger reads the same Redis, database and password the worker uses.
     worker = cs.container(cs.one(objects, "Deployment", "worker"), "worker")

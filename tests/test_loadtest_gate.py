@@ -137,3 +137,17 @@ def test_percentile_is_nearest_rank() -> None:
     assert slo.percentile(values, 99) == 99
     assert slo.percentile([3.0], 99) == 3.0
     assert math.isnan(slo.percentile([], 95))
+
+
+def test_the_two_tenant_gate_holds_the_small_tenant_to_the_fairness_bound() -> None:
+    from loadtests.fairness import evaluate, fairness_bound
+
+    assert fairness_bound(0.5) == 3.5  # alone + 3 s when short
+    assert fairness_bound(4.0) == 12.0  # 3 x alone when long
+    good = evaluate(alone=1.0, behind=3.9, flood_waiting=30, expected=70, succeeded=70)
+    assert slo.passed(good)
+    late = evaluate(alone=1.0, behind=4.1, flood_waiting=30, expected=70, succeeded=70)
+    assert [c.name for c in late if not c.passed] == ["small tenant behind the flood (s)"]
+    # A flood already drained proves nothing; a lost batch fails the run.
+    assert not slo.passed(evaluate(2.0, 2.5, flood_waiting=0, expected=70, succeeded=70))
+    assert not slo.passed(evaluate(2.0, 2.5, flood_waiting=9, expected=70, succeeded=69))

@@ -221,18 +221,27 @@ def test_the_queue_signal_splits_queued_in_flight_and_scheduled(metered: Platfor
             api = api_samples(metered)
             parts = {
                 state: value(api, "condo_audit_queue_messages", queue=queue, state=state)
-                for state in ("queued", "in_flight", "scheduled")
+                for state in ("backlog", "queued", "in_flight", "scheduled")
             }
-            if parts["queued"] >= 1 and parts["in_flight"] >= 2 and parts["scheduled"] >= 1:
+            # 4 batches, 2 slots: 2 running, 1 spare in the list, 1 in the tenant's backlog.
+            if (
+                parts["backlog"] >= 1
+                and parts["queued"] >= 1
+                and parts["in_flight"] >= 2
+                and parts["scheduled"] >= 1
+            ):
                 break
             assert time.monotonic() < deadline, parts
             time.sleep(0.2)
         assert value(api, "condo_audit_queue_outstanding", queue=queue) == sum(parts.values())
+        assert value(api, "condo_audit_backlog_tenants") == 1
+        assert value(api, "condo_audit_backlog_largest_tenant_batches") == parts["backlog"]
     finally:
         configure(metered, cnpjws={"latency_ms": 0})
     for task_id in tasks:
         assert finish(metered, task_id)["status"] == "SUCCESS"
     api = api_samples(metered)
+    assert value(api, "condo_audit_queue_messages", queue=queue, state="backlog") == 0
     assert value(api, "condo_audit_queue_messages", queue=queue, state="queued") == 0
     assert value(api, "condo_audit_queue_messages", queue=queue, state="in_flight") == 0
     assert value(api, "condo_audit_queue_messages", queue=queue, state="scheduled") == 1

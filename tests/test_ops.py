@@ -27,6 +27,7 @@ import redis
 
 from audit import models
 from audit.db import session_scope, upgrade_database
+from audit.fairqueue import FairQueue
 from cli import ops
 from cli.main import run
 from tests.support.kube_standin import (
@@ -200,8 +201,12 @@ def cluster_args(kubeconfig: Path, *extra: str) -> list[str]:
 
 
 def fill_queue(r: redis.Redis) -> None:
-    """3 queued; unacked: 2 running, 1 whose eta has passed (running), 1 retry due in 10 min."""
+    """3 backlogged (2 of tenant-big, 1 of tenant-small); 3 queued; unacked: 2 running,
+    1 whose eta has passed (running), 1 retry due in 10 min."""
     now = dt.datetime.now(dt.UTC)
+    backlogs = FairQueue(r, "audit")
+    for batch, tenant in (("b1", "tenant-big"), ("b2", "tenant-big"), ("b3", "tenant-small")):
+        backlogs.push(batch, tenant, f"message-{batch}", ahead=0)
     r.lpush("audit", "m1", "m2", "m3")
     r.hset(
         "unacked",
@@ -241,11 +246,13 @@ def test_status_table_shows_replicas_keda_hpa_backlog_and_dead_letters(
     assert rows["paused"] == "no"
     assert rows["hpa"] == HPA_NAME
     assert rows["metric (avg per pod)"] == "1.75 (target 4)"
+    assert rows["backlog"] == "3 (2 tenants waiting their turn)"
+    assert rows["top tenants by backlog"] == "tenant-big 2, tenant-small 1"
     assert rows["queued"] == "3 (list audit)"
     assert rows["in flight"] == "3"
     assert rows["scheduled retries"] == "1"
-    assert rows["formula"] == "queued + inflight = 7"
-    assert rows["replicas for that value"] == "2"  # ceil(7 / 4)
+    assert rows["formula"] == "backlog + queued + inflight = 10"
+    assert rows["replicas for that value"] == "3"  # ceil(10 / 4)
     assert rows["dead letters (OPEN)"] == "2"
 
 
@@ -275,12 +282,21 @@ def test_status_json_has_the_same_facts(
         "available": 1,
     }
     assert data["scaledObject"]["paused"] is False
-    assert data["scaledObject"]["triggers"] == {"queued": "audit", "inflight": "unacked"}
+    assert data["scaledObject"]["triggers"] == {
+        "backlog": "audit:fair:pending",
+        "queued": "audit",
+        "inflight": "unacked",
+    }
     assert data["hpa"]["name"] == HPA_NAME
     assert data["queue"]["queued"] == 3
     assert data["queue"]["inFlight"] == 3
     assert data["queue"]["scheduledRetries"] == 1
-    assert data["queue"]["formulaValue"] == 7
+    assert data["queue"]["backlog"] == 3
+    assert data["queue"]["topTenants"] == [
+        {"tenant": "tenant-big", "batches": 2},
+        {"tenant": "tenant-small", "batches": 1},
+    ]
+    assert data["queue"]["formulaValue"] == 10
     assert data["deadLetters"] == {"open": 2}
     assert data["errors"] == []
 
@@ -528,11 +544,12 @@ def test_record_samples_replicas_backlog_and_budgets_into_csv_and_png(
     assert 6 <= len(rows) <= 8  # samples at 0, 0.25, ... 1.5 s
     first, last = rows[0], rows[-1]
     assert (first["desired_replicas"], first["ready_replicas"]) == ("1", "1")
-    assert (first["queued"], first["in_flight"], first["scheduled"]) == ("3", "3", "1")
-    assert first["outstanding"] == "7"
+    # queued = 3 in the tenants' backlogs + 3 in the list
+    assert (first["queued"], first["in_flight"], first["scheduled"]) == ("6", "3", "1")
+    assert first["outstanding"] == "10"
     assert (last["desired_replicas"], last["ready_replicas"]) == ("4", "2")
-    assert last["queued"] == "8"
-    assert last["outstanding"] == "12"
+    assert last["queued"] == "11"
+    assert last["outstanding"] == "15"
     assert first["arrivals"] == ""
     assert first["completions"] == ""
     assert first["pluggy_per_minute_used"] == ""  # no previous sample to compare

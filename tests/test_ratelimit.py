@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from audit.cnpj import check_digits
 from audit.providers.base import ProviderUnavailable, RateLimitWait
 from audit.providers.cnpj import MinhaReceitaLookup
 from audit.providers.http import Budget
-from audit.ratelimit import RateLimiter
+from audit.ratelimit import RateLimiter, requests_for
 from simulator.testing import RedisServer, SimulatorServer
 
 
@@ -166,3 +167,37 @@ def test_many_processes_share_one_budget(
     )
     assert achieved >= 0.9 * rate
     assert achieved <= rate
+
+
+def share_of_grants(redis: Redis, *, fair: bool, seconds: float = 2.5) -> Counter[str]:
+    """A asks ten times for every time B asks, as a tenant with ten times the batches would."""
+    limiter = RateLimiter(redis, headroom=0.0, fair_share=fair)
+    granted: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for tenant in ["A"] * 10 + ["B"]:
+            if limiter.reserve("cnpjws", 1200, 0.0, tenant=tenant).granted:
+                granted[tenant] += 1
+        time.sleep(0.005)
+    return granted
+
+
+def test_a_tenant_asking_ten_times_as_often_gets_no_more_than_its_share(redis: Redis) -> None:
+    first_come = share_of_grants(redis, fair=False)
+    assert first_come["A"] > 4 * first_come["B"]  # what a plain shared budget does
+    redis.flushdb()
+    fair = share_of_grants(redis, fair=True)
+    total = fair["A"] + fair["B"]
+    assert 40 <= total <= 52  # 20 a second for 2.5 s: the budget is neither exceeded nor idle
+    assert abs(fair["A"] - fair["B"]) <= 0.15 * total, fair
+
+
+def test_a_tenant_alone_has_the_whole_budget(redis: Redis) -> None:
+    limiter = RateLimiter(redis, headroom=0.0)
+    waits = [limiter.reserve("p", 60, 10.0, tenant="A").wait for _ in range(5)]
+    assert waits == pytest.approx([0, 1, 2, 3, 4], abs=0.05)
+    with requests_for("B"):  # another tenant arrives: it gets the next slot, not A's sixth
+        b = limiter.reserve("p", 60, 10.0)
+    a = limiter.reserve("p", 60, 10.0, tenant="A")
+    assert b.wait == pytest.approx(5, abs=0.05)
+    assert a.wait == pytest.approx(6, abs=0.05)

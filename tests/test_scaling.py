@@ -306,3 +306,38 @@ def test_simulate_rejects_impossible_settings(tmp_path: Path) -> None:
     )
     assert code == 2
     assert "min 5 > max 2" in err
+
+
+def test_a_two_tenant_load_replays_with_the_small_tenant_served_in_its_share(
+    tmp_path: Path,
+) -> None:
+    """The big tenant posts 600 batches at once, the small one 8 a few seconds later: the small
+    one's last batch is done within a few task times, the big one's only when all drain."""
+    load_file = tmp_path / "two-tenant-load.json"
+    load_file.write_text(
+        '{"tenants": {"big": [' + ",".join(["0.5"] * 600) + '], "small": [5, 5, 5, 5, 5, 5, 5, 5]}}'
+    )
+    code, out, err = run_cli(
+        [
+            "ops", "simulate", "--chart", str(tmp_path), "--load", str(load_file),
+            "--min-replicas", "2", "--max-replicas", "2", "--concurrency", "4",
+            "--task-seconds", "2", "--cnpj-per-minute", "0", "--pluggy-per-minute", "0",
+        ]
+    )  # fmt: skip
+    assert code == 0, err
+    assert "tenant big 600 batches, tenant small 8 batches" in out
+    small = int(summary_value(out, "tenant small").rsplit("(", 1)[1].split()[0])
+    big = int(summary_value(out, "tenant big").rsplit("(", 1)[1].split()[0])
+    # 8 slots, half of them for the small tenant while both wait: arriving at 5 s, its first
+    # four start when slots free at 6 s and the next four at 8 s, all done at 10 s.
+    assert small == 10
+    assert 150 <= big <= 154  # 608 batches / (8 slots / 2 s) = 152 s of work
+
+
+def test_a_load_file_that_names_no_tenant_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"tenants": {"a": [-1]}}')
+    code, _out, err = run_cli(["ops", "simulate", "--chart", str(tmp_path), "--load", str(bad)])
+    assert code == 2
+    assert "--load:" in err
+    assert "offsets >= 0" in err

@@ -6,6 +6,10 @@ until its countdown) in the `unacked` hash, as JSON `[message, exchange, routing
 the delivery time in `unacked_index`. KEDA's ScaledObject adds the list and the hash; the
 metrics, `condo-audit ops status`, `batches requeue-lost` and the formula tests read the same
 keys through this module, so they can never disagree on what is outstanding.
+
+In front of the queue list sit the tenants' backlogs (audit/fairqueue.py): batches accepted
+but not yet dispatched. Their total is the `<queue>:fair:pending` hash, the third key KEDA
+adds; the per-tenant lengths are read here too, for `ops status` and the metrics.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
+
+from audit.fairqueue import BacklogSnapshot, FairQueue, pending_key
 
 UNACKED_HASH = "unacked"
 UNACKED_INDEX = "unacked_index"
@@ -30,6 +36,7 @@ class Backlog:
     in_flight: int  # taken by a worker and due now (running or prefetched)
     scheduled: int  # taken by a worker, held until a retry countdown ends
     key_lengths: dict[str, int] = field(default_factory=dict)  # as KEDA's scaler reads each key
+    backlogged: int = 0  # accepted, waiting in the tenants' backlogs for their turn
 
     @property
     def unacked(self) -> int:
@@ -37,8 +44,8 @@ class Backlog:
 
     @property
     def outstanding(self) -> int:
-        """What the ScaledObject's formula (queue list + unacked hash) computes."""
-        return self.queued + self.unacked
+        """What the ScaledObject's formula (backlogs + queue list + unacked hash) computes."""
+        return self.backlogged + self.queued + self.unacked
 
 
 def _message(raw: bytes | str, unacked: bool) -> dict[str, Any] | None:
@@ -113,27 +120,38 @@ def read_backlog(
     extra_keys: tuple[str, ...] = (),
     now: dt.datetime | None = None,
 ) -> Backlog:
-    """One consistent snapshot of the queue list and the unacked hash (a MULTI block)."""
+    """One consistent snapshot of the backlogs' total, the queue list and the unacked hash
+    (a MULTI block: a batch moving from backlog to list is counted once)."""
+    backlog_key = pending_key(queue)
     with redis.pipeline(transaction=True) as pipe:
         pipe.time()
         pipe.llen(queue)
         pipe.hvals(unacked_key)
-        (seconds, micros), queued, unacked = pipe.execute()
+        pipe.hlen(backlog_key)
+        (seconds, micros), queued, unacked, backlogged = pipe.execute()
     now = now or dt.datetime.fromtimestamp(seconds + micros / 1e6, dt.UTC)
     in_flight, scheduled = split_unacked(unacked, now)
-    keys = {queue: int(queued), unacked_key: len(unacked)}
+    keys = {queue: int(queued), unacked_key: len(unacked), backlog_key: int(backlogged)}
     for key in extra_keys:
         if key not in keys:
             keys[key] = key_length(redis, key)
-    return Backlog(int(queued), in_flight, scheduled, keys)
+    return Backlog(int(queued), in_flight, scheduled, keys, int(backlogged))
+
+
+def tenant_backlogs(redis: Redis, queue: str, top: int = 10) -> BacklogSnapshot:
+    """The backlog per tenant: total, active tenants, and the `top` longest backlogs."""
+    return FairQueue(redis, queue).snapshot(top)
 
 
 def task_ids_in_broker(redis: Redis, queue: str, *, unacked_key: str = UNACKED_HASH) -> set[str]:
-    """Ids of every task the broker still holds: queued, or taken and not acknowledged."""
+    """Ids of every task the broker still holds: backlogged, queued, or taken and not
+    acknowledged."""
     with redis.pipeline(transaction=True) as pipe:
         pipe.lrange(queue, 0, -1)
         pipe.hvals(unacked_key)
-        queued, unacked = pipe.execute()
+        pipe.hkeys(pending_key(queue))
+        queued, unacked, backlogged = pipe.execute()
     ids = {message_task_id(raw, unacked=False) for raw in queued}
     ids |= {message_task_id(raw, unacked=True) for raw in unacked}
+    ids |= {raw.decode() if isinstance(raw, bytes) else str(raw) for raw in backlogged}
     return {i for i in ids if i is not None}

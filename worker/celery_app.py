@@ -61,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
     from worker import telemetry
+    from worker.dispatch import FairDispatcher
     from worker.heartbeat import HeartbeatFile
     from worker.recovery import BatchRecovery
     from worker.webhook_dispatch import WebhookDispatcher
@@ -70,6 +71,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     app.steps["worker"].add(HeartbeatFile)
     app.steps["worker"].add(WebhookDispatcher)
     app.steps["worker"].add(BatchRecovery)
+    app.steps["worker"].add(FairDispatcher)
     telemetry.install(app)
     return app
 

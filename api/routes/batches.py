@@ -120,7 +120,7 @@ def submit_batch_expenses(
                 body.condominium_id,
                 items,
                 idempotency_key,
-                enqueue_batch,
+                lambda batch_id: enqueue_batch(batch_id, tenant, len(items)),
                 fingerprint=fingerprint,
                 key_ttl=dt.timedelta(hours=settings.idempotency_key_ttl_hours),
             )

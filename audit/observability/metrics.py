@@ -23,6 +23,8 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
+from audit.fairqueue import BacklogSnapshot
+
 log = logging.getLogger(__name__)
 
 PREFIX = "condo_audit"
@@ -161,6 +163,8 @@ class BacklogReading(Protocol):
     @property
     def scheduled(self) -> int: ...
     @property
+    def backlogged(self) -> int: ...
+    @property
     def outstanding(self) -> int: ...
 
 
@@ -183,6 +187,7 @@ class SignalCollector(Collector):
         worker_ttl_seconds: float = 30.0,
         ratelimit_prefix: str = "ratelimit:",
         circuit_states: Callable[[], dict[str, str]] | None = None,
+        read_tenants: Callable[[], BacklogSnapshot] | None = None,
     ) -> None:
         self.redis = redis
         self.queue = queue
@@ -192,6 +197,7 @@ class SignalCollector(Collector):
         self.worker_ttl_seconds = worker_ttl_seconds
         self.ratelimit_prefix = ratelimit_prefix
         self.circuit_states = circuit_states
+        self.read_tenants = read_tenants
 
     def describe(self) -> Iterable[Any]:
         return []
@@ -226,21 +232,36 @@ class SignalCollector(Collector):
 
         parts = GaugeMetricFamily(
             f"{PREFIX}_queue_messages",
-            "Outstanding work by state: queued (in the list), in_flight (reserved by a "
-            "worker), scheduled (a retry waiting for its eta)",
+            "Outstanding work by state: backlog (in the tenants' backlogs), queued (in the "
+            "list), in_flight (reserved by a worker), scheduled (a retry waiting for its eta)",
             labels=["queue", "state"],
         )
+        parts.add_metric([self.queue, "backlog"], backlog.backlogged)
         parts.add_metric([self.queue, "queued"], backlog.queued)
         parts.add_metric([self.queue, "in_flight"], backlog.in_flight)
         parts.add_metric([self.queue, "scheduled"], backlog.scheduled)
         yield parts
         outstanding = GaugeMetricFamily(
             f"{PREFIX}_queue_outstanding",
-            "LLEN(queue) + HLEN(unacked): the sum KEDA scales the workers on",
+            "HLEN(backlog) + LLEN(queue) + HLEN(unacked): the sum KEDA scales the workers on",
             labels=["queue"],
         )
         outstanding.add_metric([self.queue], backlog.outstanding)
         yield outstanding
+        if self.read_tenants is not None:
+            # Totals and the largest backlog only: a label per tenant would be unbounded.
+            snapshot = self.read_tenants()
+            active = GaugeMetricFamily(
+                f"{PREFIX}_backlog_tenants", "Tenants with batches waiting in their backlog"
+            )
+            active.add_metric([], snapshot.active_tenants)
+            yield active
+            largest = GaugeMetricFamily(
+                f"{PREFIX}_backlog_largest_tenant_batches",
+                "Batches waiting in the longest tenant backlog (`ops status` names the tenants)",
+            )
+            largest.add_metric([], snapshot.top[0][1] if snapshot.top else 0)
+            yield largest
 
         live = GaugeMetricFamily(
             f"{PREFIX}_workers", "Workers whose heartbeat reached Redis recently"

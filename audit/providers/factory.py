@@ -51,7 +51,11 @@ def build_providers(settings: Settings, redis: Redis) -> Providers:
         timeout=httpx.Timeout(settings.provider_timeout_seconds),
         headers={"User-Agent": "condo-audit/0.1"},
     )
-    limiter = RateLimiter(redis, headroom=settings.rate_limit_headroom_ratio)
+    limiter = RateLimiter(
+        redis,
+        headroom=settings.rate_limit_headroom_ratio,
+        fair_share=settings.fair_provider_share,
+    )
     breakers = circuit_breakers(settings, redis)
     max_wait = settings.rate_limit_max_wait_seconds
     token = settings.cnpjws_token.get_secret_value() if settings.cnpjws_token else None

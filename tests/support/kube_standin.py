@@ -438,9 +438,10 @@ spec:
   minReplicaCount: 1
   maxReplicaCount: 20
   advanced:
-    scalingModifiers: {{formula: "queued + inflight", target: "4", activationTarget: "0",
-                       metricType: AverageValue}}
+    scalingModifiers: {{formula: "backlog + queued + inflight", target: "4",
+                       activationTarget: "0", metricType: AverageValue}}
   triggers:
+    - {{type: redis, name: backlog, metadata: {{listName: "audit:fair:pending", listLength: "4"}}}}
     - {{type: redis, name: queued, metadata: {{listName: audit, listLength: "4"}}}}
     - {{type: redis, name: inflight, metadata: {{listName: unacked, listLength: "4"}}}}
 """

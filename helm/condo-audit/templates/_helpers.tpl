@@ -75,6 +75,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- .Values.config.auditQueue -}}
 {{- end -}}
 
+{{/* The tenants' backlogs in front of the queue: a hash with one field per waiting batch
+(audit/fairqueue.py pending_key), read by the ScaledObject's backlog trigger. */}}
+{{- define "condo-audit.fairBacklogKey" -}}
+{{- printf "%s:fair:pending" (include "condo-audit.auditQueue" .) -}}
+{{- end -}}
+
 {{/* Outstanding tasks one worker pod is expected to carry: concurrency x tasksPerSlot. */}}
 {{- define "condo-audit.worker.targetPerReplica" -}}
 {{- mul .Values.worker.concurrency .Values.keda.tasksPerSlot -}}
