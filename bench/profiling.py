@@ -16,13 +16,20 @@ import sys
 from pathlib import Path
 
 
-def start(pid: int, out: Path, *, subprocesses: bool = False) -> subprocess.Popen[bytes]:
-    """Sample `pid` (and its children) at 200 Hz into collapsed stacks; stop() writes them."""
+def start(
+    pid: int, out: Path, *, subprocesses: bool = False, gil: bool = False
+) -> subprocess.Popen[bytes]:
+    """Sample `pid` (and its children) at 200 Hz into collapsed stacks; stop() writes them.
+
+    gil: only the thread holding the GIL, i.e. where the process's Python CPU goes (a
+    threadpool's idle and I/O-waiting threads would otherwise fill most samples)."""
     py_spy = Path(sys.executable).with_name("py-spy")
     argv = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
             "--output", str(out), "--nonblocking"]  # fmt: skip
     if subprocesses:
         argv.append("--subprocesses")
+    if gil:
+        argv.append("--gil")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
