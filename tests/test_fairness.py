@@ -21,12 +21,12 @@ import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
-from audit.db import session_scope, upgrade_database
+from audit.db import session_scope
 from audit.fairqueue import FairQueue
 from audit.models import Batch
 from tests.support.faultkit import Outcome, Workload, child_pids, reference, verify
 from tests.support.helpers import expense, make_cnpj
-from tests.support.platform import Platform, launch_platform, sqlite_url
+from tests.support.platform import Platform, sqlite_platform_for
 from worker.broker import read_backlog
 
 TERMINAL = ("SUCCESS", "FAILURE")
@@ -38,12 +38,9 @@ def idle_platform(
     tmp_path_factory: pytest.TempPathFactory, private_redis: str
 ) -> Iterator[Platform]:
     """No worker yet; a short visibility timeout so a killed worker's message returns soon."""
-    database_url = sqlite_url(tmp_path_factory.mktemp("db"))
-    upgrade_database(database_url)
-    running = launch_platform(
+    with sqlite_platform_for(
         tmp_path_factory,
         private_redis,
-        database_url,
         worker=False,
         extra_env={
             "BROKER_VISIBILITY_TIMEOUT_SECONDS": "5",
@@ -52,10 +49,9 @@ def idle_platform(
             "API_RATE_PER_MINUTE": "100000",
             "API_RATE_BURST": "10000",
         },
-    )
-    yield running
-    for process in running.processes.values():
-        process.kill()  # the flood is left unfinished on purpose
+        kill_on_exit=True,  # the flood is left unfinished on purpose
+    ) as running:
+        yield running
 
 
 def as_tenant(platform: Platform, name: str) -> Platform:

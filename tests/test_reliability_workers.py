@@ -17,30 +17,25 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from audit.db import upgrade_database
 from tests.support.faultkit import Outcome, Workload, reference, verify
-from tests.support.platform import Platform, launch_platform, sqlite_url
+from tests.support.platform import Platform, sqlite_platform_for
 from worker.broker import UNACKED_HASH, UNACKED_INDEX, message_task_id
 
 
 @pytest.fixture
 def platform(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> Iterator[Platform]:
-    database_url = sqlite_url(tmp_path_factory.mktemp("db"))
-    upgrade_database(database_url)
-    running = launch_platform(
+    with sqlite_platform_for(
         tmp_path_factory,
         private_redis,
-        database_url,
         worker=False,
         extra_env={
             "BROKER_VISIBILITY_TIMEOUT_SECONDS": "3600",  # recovery must not wait for it
             "BATCH_LEASE_SECONDS": "3",
             "RECOVERY_INTERVAL_SECONDS": "1",
         },
-    )
-    yield running
-    for process in running.processes.values():
-        process.kill()
+        kill_on_exit=True,
+    ) as running:
+        yield running
 
 
 def events(platform: Platform, task_id: str) -> list[str]:
