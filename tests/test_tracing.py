@@ -38,9 +38,7 @@ def traced(
     database_url = sqlite_url(tmp_path_factory.mktemp("db"))
     upgrade_database(database_url)
     otel = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        **receiver.exporter_env(),
         "LOG_FORMAT": "json",
         "MAX_ATTEMPTS": "3",
         "METRICS_PORT": "0",

@@ -33,9 +33,7 @@ def traced(
     database_url = sqlite_url(tmp_path_factory.mktemp("db"))
     upgrade_database(database_url)
     otel = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": spans.url,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        **spans.exporter_env(),
         "METRICS_PORT": "0",
     }
     platform = launch_platform(
