@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +66,19 @@ class ManagedProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def stop_all(processes: list[ManagedProcess], timeout: float = 15.0) -> None:
+    """SIGTERM to every process at once, then SIGKILL what is still up after `timeout`: the
+    warm shutdowns run side by side instead of one after another."""
+    for process in processes:
+        process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def spawn(
     name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
 ) -> ManagedProcess:
@@ -97,6 +110,35 @@ def wait_for(check: object, what: str, timeout: float, process: ManagedProcess |
         time.sleep(0.1)
     tail = process.log_tail() if process is not None else ""
     raise TimeoutError(f"{what} did not come up within {timeout:.0f}s\n{tail}")
+
+
+@dataclass
+class Starting:
+    """A process spawned but not yet ready. Spawn several, then wait for each: their
+    start-ups (mostly imports) overlap instead of adding up."""
+
+    process: ManagedProcess
+    ready: Callable[[], bool]
+    what: str
+    timeout: float
+
+    def wait(self) -> ManagedProcess:
+        try:
+            wait_for(self.ready, self.what, self.timeout, self.process)
+        except BaseException:
+            self.process.kill()
+            raise
+        return self.process
+
+
+def wait_all(starting: list[Starting]) -> list[ManagedProcess]:
+    """Wait for every process; when one fails, the others are killed too."""
+    try:
+        return [each.wait() for each in starting]
+    except BaseException:
+        for each in starting:
+            each.process.kill()
+        raise
 
 
 def redis_server_path() -> str:
@@ -140,27 +182,37 @@ def _http_ok(url: str) -> bool:
     return httpx.get(url, timeout=1.0).status_code == 200
 
 
+def spawn_simulator(
+    port: int, env: Mapping[str, str], log_dir: Path, extra_args: list[str] | None = None
+) -> Starting:
+    argv = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
+    process = spawn(f"simulator-{port}", argv + (extra_args or []), env, log_dir)
+    return Starting(
+        process, lambda: _http_ok(f"http://127.0.0.1:{port}/_sim/health"), "simulator", 30
+    )
+
+
 def start_simulator(
     port: int, env: Mapping[str, str], log_dir: Path, extra_args: list[str] | None = None
 ) -> ManagedProcess:
-    argv = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port)]
-    process = spawn(f"simulator-{port}", argv + (extra_args or []), env, log_dir)
-    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/_sim/health"), "simulator", 30, process)
-    return process
+    return spawn_simulator(port, env, log_dir, extra_args).wait()
 
 
-def start_api(port: int, env: Mapping[str, str], log_dir: Path, workers: int = 1) -> ManagedProcess:
+def spawn_api(port: int, env: Mapping[str, str], log_dir: Path, workers: int = 1) -> Starting:
     argv = [
         sys.executable, "-m", "uvicorn", "api.main:app",
         "--host", "127.0.0.1", "--port", str(port),
         "--workers", str(workers), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     process = spawn(f"api-{port}", argv, env, log_dir)
-    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), "API", 30, process)
-    return process
+    return Starting(process, lambda: _http_ok(f"http://127.0.0.1:{port}/healthz"), "API", 30)
 
 
-def start_worker(
+def start_api(port: int, env: Mapping[str, str], log_dir: Path, workers: int = 1) -> ManagedProcess:
+    return spawn_api(port, env, log_dir, workers).wait()
+
+
+def spawn_worker(
     env: Mapping[str, str],
     log_dir: Path,
     *,
@@ -169,7 +221,7 @@ def start_worker(
     queue: str = "audit",
     pool: str = "prefork",
     include: list[str] | None = None,
-) -> ManagedProcess:
+) -> Starting:
     """`include`: extra task modules (`--include`), e.g. a benchmark's reference task."""
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
@@ -182,5 +234,25 @@ def start_worker(
     heartbeat = log_dir / f"{name}.heartbeat"
     heartbeat.unlink(missing_ok=True)
     process = spawn(name, argv, {**env, "WORKER_HEARTBEAT_FILE": str(heartbeat)}, log_dir)
-    wait_for(heartbeat.exists, f"celery worker {name}", 60, process)
-    return process
+    return Starting(process, heartbeat.exists, f"celery worker {name}", 60)
+
+
+def start_worker(
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    name: str = "worker",
+    concurrency: int = 1,
+    queue: str = "audit",
+    pool: str = "prefork",
+    include: list[str] | None = None,
+) -> ManagedProcess:
+    return spawn_worker(
+        env,
+        log_dir,
+        name=name,
+        concurrency=concurrency,
+        queue=queue,
+        pool=pool,
+        include=include,
+    ).wait()

@@ -30,10 +30,12 @@ from cli.main import CliError
 from cli.processes import (
     ManagedProcess,
     free_port,
-    start_api,
+    spawn_api,
+    spawn_simulator,
+    spawn_worker,
     start_redis,
-    start_simulator,
-    start_worker,
+    stop_all,
+    wait_all,
 )
 from simulator.webhook_receiver import Received, WebhookReceiver
 
@@ -186,11 +188,7 @@ def run_platform(args: argparse.Namespace) -> int:
         settings = Settings()
         upgrade_database(settings.database_url)
         print(f"database   {settings.database_url}")
-        processes.append(start_simulator(args.simulator_port, env, log_dir))
-        print(f"simulator  {simulator_url} (CNPJ.ws, minha-receita and Pluggy stand-in)")
-        processes.append(start_api(args.api_port, env, log_dir))
         api_url = f"http://127.0.0.1:{args.api_port}"
-        print(f"api        {api_url}  (docs at {api_url}/docs, metrics at {api_url}/metrics)")
         metrics_port = int(os.environ.get("METRICS_PORT") or free_port())
         # The pool children write their samples here; the worker's parent serves them merged.
         metrics_dir = STATE_DIR / "prometheus-worker"
@@ -201,27 +199,32 @@ def run_platform(args: argparse.Namespace) -> int:
             "METRICS_HOST": os.environ.get("METRICS_HOST", "127.0.0.1"),
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir.resolve()),
         }
-        processes.append(
-            start_worker(
+        webhooks_env = {**worker_env, "METRICS_PORT": str(free_port())}
+        webhooks_env.pop("PROMETHEUS_MULTIPROC_DIR")  # a thread pool: one process
+        # Spawned together, then waited for: the four start-ups overlap.
+        starting = [
+            spawn_simulator(args.simulator_port, env, log_dir),
+            spawn_api(args.api_port, env, log_dir),
+            spawn_worker(
                 worker_env,
                 log_dir,
                 concurrency=args.worker_concurrency,
                 queue=settings.audit_queue,
-            )
-        )
-        print(f"worker     celery, queue {settings.audit_queue!r}, logs in {log_dir}/")
-        webhooks_env = {**worker_env, "METRICS_PORT": str(free_port())}
-        webhooks_env.pop("PROMETHEUS_MULTIPROC_DIR")  # a thread pool: one process
-        processes.append(
-            start_worker(
+            ),
+            spawn_worker(
                 webhooks_env,
                 log_dir,
                 name="webhooks",
                 concurrency=4,
                 queue=settings.webhook_queue,
                 pool="threads",
-            )
-        )
+            ),
+        ]
+        processes.extend(each.process for each in starting)
+        wait_all(starting)
+        print(f"simulator  {simulator_url} (CNPJ.ws, minha-receita and Pluggy stand-in)")
+        print(f"api        {api_url}  (docs at {api_url}/docs, metrics at {api_url}/metrics)")
+        print(f"worker     celery, queue {settings.audit_queue!r}, logs in {log_dir}/")
         print(f"webhooks   celery, queue {settings.webhook_queue!r} (deliveries and retries)")
         worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"
         print(f"metrics    {worker_metrics} (worker), {api_url}/metrics (API)")
@@ -238,8 +241,10 @@ def run_platform(args: argparse.Namespace) -> int:
     except (FileNotFoundError, TimeoutError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
     finally:
-        for process in reversed(processes):
-            process.stop()
+        # The platform's processes side by side, then the Redis they were using (if ours).
+        redis = [p for p in processes if p.name == "redis"]
+        stop_all([p for p in processes if p.name != "redis"])
+        stop_all(redis)
 
 
 def rotate_logs(log_dir: Path) -> None:

@@ -194,8 +194,7 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(idle_platform: Pla
     platform = idle_platform
     with platform.sim() as sim:
         sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 80}}).raise_for_status()
-    platform.start_worker("w1", concurrency=2)
-    platform.start_worker("w2", concurrency=2)
+    platform.start_workers("w1", "w2")
     expected = reference(platform)
     other = as_tenant(platform, "other")
     work_a, work_b = Workload(platform), Workload(other)
@@ -216,10 +215,11 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(idle_platform: Pla
         outcome.publish()
         assert outcome.problems == []
         assert outcome.success == len(work.submitted)
-    # The killed worker's own messages come back from the unacked hash after the visibility
-    # timeout, find their batches finished and are acknowledged: nothing stays outstanding.
+    # The killed worker's own messages come back from the unacked hash one restore sweep (10 s)
+    # after the visibility timeout (5 s), find their batches finished and are acknowledged:
+    # nothing stays outstanding.
     redis = Redis.from_url(platform.redis_url)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while (backlog := read_backlog(redis, platform.env["AUDIT_QUEUE"])).outstanding:
         assert time.monotonic() < deadline, backlog
         time.sleep(0.5)

@@ -39,8 +39,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterat
 
 
 def start_four_processes(platform: Platform) -> None:
-    platform.start_worker("fleet-a", concurrency=2)
-    platform.start_worker("fleet-b", concurrency=2)
+    platform.start_workers("fleet-a", "fleet-b")
 
 
 def submit_all(

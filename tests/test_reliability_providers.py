@@ -50,8 +50,7 @@ def circuit_state(platform: Platform) -> float | None:
 
 
 def test_an_outage_longer_than_the_retry_budget_dead_letters_nothing(platform: Platform) -> None:
-    platform.start_worker("w1", concurrency=2)
-    platform.start_worker("w2", concurrency=2)
+    platform.start_workers("w1", "w2")
     expected = reference(platform)
     assert circuit_state(platform) == 0
 

@@ -47,6 +47,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "broker_transport_options": {
             # Longer than the longest retry countdown, or the message is redelivered early.
             "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            # Sweep the unacked index for messages past their visibility timeout every 10 s
+            # (kombu's default scans only every 10th sweep, ~100 s): a hard-killed worker's
+            # messages return one sweep after the timeout.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
             # One list per queue: priority sub-lists would hide work from KEDA's trigger.
             "priority_steps": [0],
             "queue_order_strategy": "priority",

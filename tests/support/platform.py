@@ -19,7 +19,16 @@ from sqlalchemy import create_engine, text
 
 from audit.auth import create_tenant, issue_key
 from audit.db import session_scope, upgrade_database
-from cli.processes import ManagedProcess, free_port, start_api, start_simulator, start_worker
+from cli.processes import (
+    ManagedProcess,
+    Starting,
+    free_port,
+    spawn_api,
+    spawn_simulator,
+    spawn_worker,
+    stop_all,
+    wait_all,
+)
 from ops.scratchdb import postgres_unavailable
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -101,8 +110,8 @@ class Platform:
         tail = worker.log_tail(60) if worker else ""
         raise AssertionError(f"task {task_id} still {body.get('status')} after {timeout}s\n{tail}")
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> None:
-        self.processes[name] = start_worker(
+    def spawn_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> Starting:
+        return spawn_worker(
             {**self.env, **env},
             self.log_dir,
             name=name,
@@ -110,9 +119,16 @@ class Platform:
             queue=self.env["AUDIT_QUEUE"],
         )
 
+    def start_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> None:
+        self.processes[name] = self.spawn_worker(name, concurrency, **env).wait()
+
+    def start_workers(self, *names: str, concurrency: int = 2) -> None:
+        """Several audit workers, started side by side."""
+        started = wait_all([self.spawn_worker(name, concurrency) for name in names])
+        self.processes.update(zip(names, started, strict=True))
+
     def stop(self) -> None:
-        for process in reversed(list(self.processes.values())):
-            process.stop()
+        stop_all(list(self.processes.values()))
         release_redis_db(self.redis_url)
 
 
@@ -200,10 +216,13 @@ def launch_platform(
         api_key=issued.secret,
     )
     try:
-        platform.processes["simulator"] = start_simulator(sim_port, env, log_dir)
-        platform.processes["api"] = start_api(api_port, env, log_dir)
+        starting = {
+            "simulator": spawn_simulator(sim_port, env, log_dir),
+            "api": spawn_api(api_port, env, log_dir),
+        }
         if worker:
-            platform.start_worker()
+            starting["worker"] = platform.spawn_worker()
+        platform.processes.update(zip(starting, wait_all(list(starting.values())), strict=True))
     except BaseException:
         platform.stop()
         raise
