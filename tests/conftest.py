@@ -153,7 +153,28 @@ PROCESS_FIXTURES = frozenset(
 )
 
 
+# The longest modules, longest first (per-module totals of a whole run, `--junitxml`). `make
+# test` keeps each module in one process (--dist loadfile) and hands modules out in collection
+# order (--no-loadscope-reorder): started first, the long ones no longer leave one process
+# working through a long module alone at the end of the run.
+LONGEST_MODULES = (
+    "test_provider_fleet.py", "test_fairness.py", "test_webhooks.py", "test_faults_workers.py",
+    "test_ratelimit.py", "test_providers.py", "test_scaling_signal.py", "test_dlq.py",
+    "test_reliability_providers.py", "test_chart.py", "test_scaling.py",
+    "test_faults_providers.py", "test_platform.py", "test_reliability_workers.py",
+    "test_readme_by_hand.py", "test_sample_audit.py", "test_faults_database.py",
+    "test_security.py", "test_suppliers.py", "test_workload.py", "test_faults_redis.py",
+    "test_metrics.py", "test_tracing.py", "test_readme_examples.py", "test_dashboard.py",
+)  # fmt: skip
+
+
+def module_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=module_rank)  # stable: the rest keep their order, and so do tests in a module
