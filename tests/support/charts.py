@@ -19,6 +19,14 @@ from typing import Any
 import jsonschema
 import yaml
 
+# libyaml's safe loader when PyYAML has it: the vendored CRDs are 700 kB of YAML.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_all(text: str) -> Iterator[Any]:
+    return yaml.load_all(text, Loader=SafeLoader)
+
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "condo-audit"
 CI_DIR = CHART_DIR / "ci"
@@ -91,7 +99,7 @@ def render(scenario: str, *sets: str) -> list[Obj]:
         NAMESPACE,
         *values_args(scenario, *sets),
     ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    return [doc for doc in load_all(out) if doc]
 
 
 def render_notes(scenario: str) -> str:
@@ -154,7 +162,7 @@ def keda_schemas() -> dict[tuple[str, str], Obj]:
     """(apiVersion, kind) -> openAPIV3Schema, from the CRD YAML files."""
     schemas: dict[tuple[str, str], Obj] = {}
     for path in sorted(keda_schema_dir().glob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text()):
+        for crd in load_all(path.read_text()):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
