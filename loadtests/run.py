@@ -1,7 +1,7 @@
 """The load run: start the platform, seed it, run locust headless, gate on the SLOs.
 
     python -m loadtests.run --profile ci      # under 2 minutes, part of .ci/run
-    python -m loadtests.run --profile peak    # 10,000 condominiums' month end, scaled
+    python -m loadtests.run --profile peak    # 10,000 condominiums' month end in 15 min, scaled
 
 Starts a private redis-server, a fresh database (PostgreSQL when it answers, else SQLite),
 the provider simulator with realistic latency and the providers' limits, the API under
@@ -89,16 +89,44 @@ PROFILES = {
         concurrency=4,
         poll_seconds=1.0,
     ),
+    # 10,000 condominiums in 15 minutes (11.1 batches/s, x2 at the deadline) on one API
+    # replica (uvicorn, 2 processes): 1,000 condominiums in 90 s. Pluggy's 360 pages a minute
+    # cannot keep up with that arrival, so batches end at the pace of the provider budget:
+    # the e2e limit is that bound (`provider_bound_seconds`), not a fixed figure.
     "peak": Profile(
-        condominiums=500,
-        production_window_minutes=60,
-        drain_seconds=90,
+        condominiums=1000,
+        production_window_minutes=15,
+        drain_seconds=300,
         api_workers=2,
         workers=2,
         concurrency=3,
         poll_seconds=2.0,
+        slo=slo.Slo(post_p95_ms=100.0, post_p99_ms=200.0),
     ),
 }
+
+
+def provider_bound_seconds(facts: dict[str, Any], limits: ProviderLimits) -> float:
+    """The least time the fleet's provider budgets need for the run's calls: every Pluggy
+    page and every lookup of a supplier not yet cached, at the budget the limiter enforces."""
+    bounds = [0.0]
+    if limits.pluggy_rate_per_minute:
+        bounds.append(facts["transaction_pages"] / limits.pluggy_rate_per_minute * 60)
+    if limits.cnpj_rate_per_minute:
+        uncached = facts["unique_cnpjs"] - facts["cached_cnpjs"]
+        bounds.append(uncached / limits.cnpj_rate_per_minute * 60)
+    return max(bounds)
+
+
+def gate_slo(profile: Profile, facts: dict[str, Any]) -> slo.Slo:
+    """The profile's SLO, with the end-to-end limits raised to the provider bound when the
+    budgets, not the platform, set the pace (a batch cannot end before its provider calls)."""
+    bound = provider_bound_seconds(facts, profile.limits)
+    return dataclasses.replace(
+        profile.slo,
+        e2e_p95_seconds=max(profile.slo.e2e_p95_seconds, bound),
+        e2e_p99_seconds=max(profile.slo.e2e_p99_seconds, bound + profile.slo.e2e_p95_seconds),
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -270,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     stats_path = out / "locust_stats.csv"
     rows = slo.read_stats(stats_path) if stats_path.exists() else []
     records = slo.read_e2e(out / "e2e.jsonl")
-    checks = slo.evaluate(rows, records, profile.condominiums, profile.slo)
+    gate = gate_slo(profile, facts)
+    checks = slo.evaluate(rows, records, profile.condominiums, gate)
     http = [r for r in rows if r.method != slo.E2E_TYPE]
     requests = sum(r.requests for r in http)
     summary = {
@@ -278,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         "scaling": scaling_note(profile),
         "profile_settings": dataclasses.asdict(profile),
         "facts": facts,
+        "provider_bound_seconds": round(provider_bound_seconds(facts, profile.limits), 1),
+        "slo": dataclasses.asdict(gate),
         "locust_exit": code,
         "locust_seconds": round(locust_seconds, 1),
         "http_requests": requests,

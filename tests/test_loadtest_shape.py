@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from loadtests.run import PRODUCTION_CONDOMINIUMS, PROFILES, scaling_note
+from loadtests.run import (
+    PRODUCTION_CONDOMINIUMS,
+    PROFILES,
+    gate_slo,
+    provider_bound_seconds,
+    scaling_note,
+)
 from loadtests.shape import MonthEndPeak
 from ops.capacity import CapacityInputs
 
@@ -62,10 +70,32 @@ def test_invalid_shapes_are_refused() -> None:
 
 
 def test_profiles_keep_production_arrival_rate_and_ci_fits_two_minutes() -> None:
-    production_rate = PRODUCTION_CONDOMINIUMS / (60 * 60)
     for profile in PROFILES.values():
+        production_rate = PRODUCTION_CONDOMINIUMS / (profile.production_window_minutes * 60)
         assert profile.condominiums / profile.window_seconds == pytest.approx(production_rate)
+    # The peak: 10,000 condominiums' month end in 15 minutes, about 11 batches a second, with
+    # POST p99 under 200 ms.
+    peak = PROFILES["peak"]
+    assert peak.condominiums / peak.window_seconds == pytest.approx(11.1, abs=0.05)
+    assert peak.slo.post_p99_ms == 200
     ci = PROFILES["ci"]
     # Platform start and seeding take about 10 s here; locust is bounded by the rest.
     assert ci.window_seconds + ci.drain_seconds + 5 <= 90
     assert "same arrival rate (2.78 batches/s mean" in scaling_note(ci)
+
+
+def test_the_end_to_end_limit_is_the_provider_bound_when_the_budgets_set_the_pace() -> None:
+    peak = PROFILES["peak"]
+    # 1,000 Pluggy pages at 360 a minute: 166.7 s; 500 uncached lookups at 300 a minute: 100 s.
+    facts = {"transaction_pages": 1000, "unique_cnpjs": 5000, "cached_cnpjs": 4500}
+    assert provider_bound_seconds(facts, peak.limits) == pytest.approx(166.7, abs=0.1)
+    gate = gate_slo(peak, facts)
+    assert gate.e2e_p95_seconds == pytest.approx(166.7, abs=0.1)
+    assert gate.post_p99_ms == 200
+    # A run the budgets do not bound keeps the profile's own limit.
+    small = {"transaction_pages": 40, "unique_cnpjs": 100, "cached_cnpjs": 90}
+    assert gate_slo(peak, small).e2e_p95_seconds == peak.slo.e2e_p95_seconds
+    unlimited = dataclasses.replace(
+        peak.limits, pluggy_rate_per_minute=None, cnpj_rate_per_minute=None
+    )
+    assert provider_bound_seconds(facts, unlimited) == 0
