@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader
-from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from api import ratelimit
-from audit.auth import hash_key, tenant_for_key
+from audit.auth import KeyCache, hash_key, tenant_for_key
 from audit.db import session_scope
 from audit.settings import Settings
 
@@ -29,26 +27,17 @@ def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterato
         yield session
 
 
-NEGATIVE_CACHE_PREFIX = "api-badkey:"
-NEGATIVE_CACHE_SECONDS = 60
+def _key_cache(request: Request) -> KeyCache:
+    cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    if cache is None:
+        cache = request.app.state.key_cache = KeyCache()
+    return cache
 
 
-def lookup_key(request: Request, settings: Settings, session: Session, api_key: str) -> str | None:
-    """The key's tenant. Keys found unknown are remembered a minute (by hash) so that a
-    client repeating a bad key costs a Redis read, not a database query; known keys are
-    never cached, so a revocation takes effect at once."""
-    redis = ratelimit.api_redis(request, settings)
-    remembered = NEGATIVE_CACHE_PREFIX + hash_key(api_key)
-    try:
-        if redis.exists(remembered):
-            return None
-    except RedisError:
-        pass
-    tenant_id = tenant_for_key(session, api_key)
-    if tenant_id is None:
-        with contextlib.suppress(RedisError):
-            redis.set(remembered, b"1", ex=NEGATIVE_CACHE_SECONDS)
-    return tenant_id
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "ApiKey"}
+    )
 
 
 def current_tenant(
@@ -57,22 +46,33 @@ def current_tenant(
     settings: Annotated[Settings, Depends(get_settings)],
     api_key: Annotated[str | None, Security(api_key_header)],
 ) -> str:
+    """The calling tenant, its request counted against the tenant's rate.
+
+    A key this process looked up under the current revocation generation costs one Redis
+    round trip and no query; any other key is looked up in the database (and remembered,
+    or marked bad a minute). Without Redis every key is looked up, and nothing limited."""
     if not api_key:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing X-API-Key header",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
-    ratelimit.refuse_blocked_address(request, settings)
-    tenant_id = lookup_key(request, settings, session, api_key)
+        raise _unauthorized("missing X-API-Key header")
+    digest = hash_key(api_key)
+    cache = _key_cache(request)
+    remembered = cache.get(digest)
+    admission = ratelimit.admit(request, settings, digest, remembered)
+    if admission.outcome == ratelimit.Outcome.ADMITTED:
+        assert remembered is not None
+        return remembered.tenant_id
+    tenant_id = None
+    if admission.outcome != ratelimit.Outcome.KNOWN_BAD_KEY:
+        cache.drop(digest)
+        tenant_id = tenant_for_key(session, api_key)
     if tenant_id is None:
-        ratelimit.count_failed_authentication(request, settings)
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid or revoked API key",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
-    ratelimit.enforce(request, settings, tenant_id)
+        if admission.outcome == ratelimit.Outcome.LOOK_UP:
+            ratelimit.remember_bad_key(request, settings, digest)
+        if admission.outcome != ratelimit.Outcome.REDIS_UNAVAILABLE:
+            ratelimit.count_failed_authentication(request, settings)
+        raise _unauthorized("invalid or revoked API key")
+    if admission.outcome == ratelimit.Outcome.LOOK_UP:
+        cache.put(digest, tenant_id, admission.generation)
+        ratelimit.enforce(request, settings, tenant_id)
     return tenant_id
 
 

@@ -26,24 +26,24 @@ from audit.batches import (
     ExpenseInput,
     FindingFilter,
     QueueUnavailable,
+    Submitted,
     UnknownCondominium,
     batch_for_tenant,
     list_findings,
     submit_and_enqueue,
 )
-from audit.models import Batch
 from worker.enqueue import enqueue_batch
 
 router = APIRouter(tags=["batches"], responses=AUTHENTICATED_ERRORS)
 
 
-def accepted(request: Request, batch: Batch) -> BatchAccepted:
+def accepted(request: Request, submitted: Submitted) -> BatchAccepted:
     return BatchAccepted(
-        task_id=batch.id,
-        batch_id=batch.id,
-        status=batch.status,
-        status_url=status_url(request, batch.id),
-        expenses=batch.expenses_total,
+        task_id=submitted.batch_id,
+        batch_id=submitted.batch_id,
+        status=submitted.status,
+        status_url=status_url(request, submitted.batch_id),
+        expenses=submitted.expenses_total,
     )
 
 
@@ -140,7 +140,7 @@ def submit_batch_expenses(
         raise queue_unavailable(exc) from None
     if not submitted.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return accepted(request, submitted.batch)
+    return accepted(request, submitted)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskStatus, name="get_task", responses=NOT_FOUND)
