@@ -10,7 +10,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, literal, select
+from sqlalchemy import Connection, Row, Table, delete, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
@@ -228,6 +228,25 @@ def batch_for_tenant(session: Session, tenant_id: str, batch_id: str) -> Batch |
     if batch is None or batch.tenant_id != tenant_id:
         return None
     return batch
+
+
+def task_status(connection: Connection, tenant_id: str, batch_id: str) -> Row[Any] | None:
+    """What a task's status shows, if the batch is the tenant's: one select, no ORM object."""
+    query = select(
+        Batch.id,
+        Batch.condominium_id,
+        Batch.status,
+        Batch.expenses_done,
+        Batch.expenses_total,
+        Batch.failed_attempts,
+        Batch.summary,
+        Batch.error,
+        Batch.trace_id,
+        Batch.submitted_at,
+        Batch.started_at,
+        Batch.finished_at,
+    ).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)
+    return connection.execute(query).first()
 
 
 def findings_summary(session: Session, batch_id: str) -> dict[str, Any]:
