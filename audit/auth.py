@@ -4,7 +4,8 @@ An API process remembers a key's tenant a short while (KeyCache) so that a reque
 database query. Revocation still takes effect at once everywhere: revoking bumps a
 generation counter in Redis after the commit, every request reads that counter (in the
 round trip it makes for the rate limit anyway), and a remembered key counts only under the
-generation it was looked up in.
+generation it was looked up in. Any revocation makes every process look its keys up again
+once: revocations are rare, requests are not.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from audit.models import ApiKey, Tenant
@@ -69,16 +70,18 @@ def issue_key(session: Session, tenant_id: str, name: str = "") -> IssuedKey:
 
 
 def revoke_key(session: Session, key_id: str, redis_url: str | None = None) -> bool:
-    """Mark the key revoked; once the caller commits, every API process stops accepting it.
+    """Revoke the key, commit, and tell every API process (RevocationNotAnnounced when Redis
+    does not take it: the key is revoked, but cached copies live out their seconds).
 
-    The generation is bumped after the commit, never before: a process that looked the key
-    up between a bump and the commit would cache it as active under the new generation."""
+    Commits itself because the announcement must follow the commit, never precede it: a
+    process that looked the key up in between would cache it as active under the new
+    generation."""
     key = session.get(ApiKey, key_id)
     if key is None or key.revoked_at is not None:
         return False
     key.revoked_at = dt.datetime.now(dt.UTC)
-    url = redis_url or get_settings().redis_url
-    event.listen(session, "after_commit", lambda _: announce_revocation(url), once=True)
+    session.commit()
+    announce_revocation(redis_url or get_settings().redis_url)
     return True
 
 
