@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import ratelimit
 from audit.auth import KeyCache, hash_key, tenant_for_key
@@ -58,7 +59,7 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-def current_tenant(
+async def current_tenant(
     request: Request,
     settings: Annotated[Settings, Depends(get_settings)],
     api_key: Annotated[str | None, Security(api_key_header)],
@@ -66,17 +67,29 @@ def current_tenant(
     """The calling tenant, its request counted against the tenant's rate.
 
     A key this process looked up under the current revocation generation costs one Redis
-    round trip and no query; any other key is looked up in the database (and remembered,
-    or marked bad a minute). Without Redis every key is looked up, and nothing limited."""
+    round trip on the event loop and no query; any other key is looked up in the database
+    (and remembered, or marked bad a minute), in the threadpool. Without Redis every key is
+    looked up, and nothing limited."""
     if not api_key:
         raise _unauthorized("missing X-API-Key header")
     digest = hash_key(api_key)
-    cache = _key_cache(request)
-    remembered = cache.get(digest)
-    admission = ratelimit.admit(request, settings, digest, remembered)
+    remembered = _key_cache(request).get(digest)
+    admission = await ratelimit.admit(request, settings, digest, remembered)
     if admission.outcome == ratelimit.Outcome.ADMITTED:
         assert remembered is not None
         return remembered.tenant_id
+    return await run_in_threadpool(look_up_key, request, settings, api_key, digest, admission)
+
+
+def look_up_key(
+    request: Request,
+    settings: Settings,
+    api_key: str,
+    digest: str,
+    admission: ratelimit.Admission,
+) -> str:
+    """The tenant of a key the admission could not vouch for, from the database."""
+    cache = _key_cache(request)
     tenant_id = None
     if admission.outcome != ratelimit.Outcome.KNOWN_BAD_KEY:
         cache.drop(digest)

@@ -9,11 +9,12 @@ protects the platform, and refusing every read while Redis restarts would do mor
 
 A request whose key the process remembers (audit.auth.KeyCache) is admitted in one Redis
 round trip (`admit`): the address check, the negative cache, the revocation generation and
-the tenant's slot, in one script.
+the tenant's slot, in one script, awaited on the event loop (no threadpool trip).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -23,7 +24,8 @@ from typing import cast
 
 from fastapi import HTTPException, Request, status
 from redis import Redis
-from redis.commands.core import Script
+from redis.asyncio import Redis as AsyncRedis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from audit.auth import NO_REVOCATIONS, REVOCATIONS_KEY, CachedKey
@@ -104,9 +106,24 @@ def _limiter(request: Request, settings: Settings) -> RateLimiter:
     if limiter is None:
         client = Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         limiter = RateLimiter(client, prefix="ratelimit:", headroom=0.0)
-        request.app.state.api_admit = client.register_script(_ADMIT)
         request.app.state.api_limiter = limiter
     return limiter
+
+
+def _admit_script(request: Request, settings: Settings) -> AsyncScript:
+    """The admission script on an asyncio client of the running event loop (uvicorn runs
+    one per process; a test client may run several in turn, and a client is bound to one)."""
+    loop = asyncio.get_running_loop()
+    held: tuple[asyncio.AbstractEventLoop, AsyncScript] | None = getattr(
+        request.app.state, "api_admit", None
+    )
+    if held is None or held[0] is not loop:
+        client = AsyncRedis.from_url(
+            settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        held = (loop, client.register_script(_ADMIT))
+        request.app.state.api_admit = held
+    return held[1]
 
 
 def api_redis(request: Request, settings: Settings) -> Redis:
@@ -126,7 +143,7 @@ def client_address(request: Request, settings: Settings) -> str:
     return chain[-1 - hops] if len(chain) > hops else chain[0]
 
 
-def admit(
+async def admit(
     request: Request, settings: Settings, digest: str, remembered: CachedKey | None
 ) -> Admission:
     """Every check before a key's lookup, and the remembered tenant's slot, in one round trip.
@@ -151,7 +168,7 @@ def admit(
     ]
     if remembered is not None:
         keys.append(limiter.prefix + KEY_PREFIX + remembered.tenant_id)
-    script: Script = request.app.state.api_admit
+    script = _admit_script(request, settings)
     remembered_generation = remembered.generation if remembered is not None else ""
     args: list[str | int] = [
         address_burst,
@@ -161,7 +178,8 @@ def admit(
         NO_REVOCATIONS,
     ]
     try:
-        outcome, micros, generation = cast("tuple[int, int, bytes]", script(keys=keys, args=args))
+        reply = await script(keys=keys, args=args)
+        outcome, micros, generation = cast("tuple[int, int, bytes]", reply)
     except RedisError as exc:
         log.warning("API admission not checked, Redis unavailable: %s", type(exc).__name__)
         return Admission(Outcome.REDIS_UNAVAILABLE)

@@ -8,12 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, delete, func, insert, literal, select
+from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.sql.dml import ReturningInsert
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused
@@ -93,26 +95,53 @@ def replay_or_forget(
     return Submitted(earlier.id, earlier.status, earlier.expenses_total, created=False)
 
 
+# The columns submit_batch sets; the others keep their defaults (NULL).
+BATCH_COLUMNS = (
+    "id",
+    "tenant_id",
+    "condominium_id",
+    "idempotency_key",
+    "idempotency_fingerprint",
+    "status",
+    "expenses_total",
+    "expenses_done",
+    "failed_attempts",
+    "trace_id",
+    "submitted_at",
+)
+
+
+@lru_cache(maxsize=8)
+def _insert_batch_statement(dialect: str, with_key: bool) -> ReturningInsert[tuple[str]]:
+    """INSERT INTO batches ... SELECT ... FROM condominiums WHERE it is the tenant's [ON
+    CONFLICT (tenant_id, idempotency_key) DO NOTHING] RETURNING id, with a bound parameter
+    per column. Built once: building it costs more than running it."""
+    batches = cast(Table, Batch.__table__)
+    condominiums = cast(Table, Condominium.__table__)
+    values = {name: bindparam(name, type_=batches.c[name].type) for name in BATCH_COLUMNS}
+    owned = select(*values.values()).where(
+        condominiums.c.id == values["condominium_id"],
+        condominiums.c.tenant_id == values["tenant_id"],
+    )
+    upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = upsert(batches).from_select(list(values), owned)
+    if with_key:
+        statement = statement.on_conflict_do_nothing(
+            index_elements=[batches.c.tenant_id, batches.c.idempotency_key]
+        )
+    # RETURNING, not rowcount: SQLAlchemy keeps rowcount for UPDATE and DELETE only.
+    return statement.returning(batches.c.id)
+
+
 def _insert_batch(session: Session, row: dict[str, Any]) -> bool:
     """Insert the batch row if its condominium is the tenant's and (with an Idempotency-Key)
     the key is free, in one statement; False when nothing was inserted.
 
     With a concurrent request holding the same key, PostgreSQL waits for its commit and then
     inserts nothing: the caller finds that request's batch and replays it."""
-    batches = cast(Table, Batch.__table__)
-    names = list(row)
-    owned = select(*(literal(row[name], batches.c[name].type) for name in names)).where(
-        Condominium.id == row["condominium_id"], Condominium.tenant_id == row["tenant_id"]
-    )
     connection = session.connection()
-    upsert = postgresql_insert if connection.dialect.name == "postgresql" else sqlite_insert
-    statement = upsert(batches).from_select(names, owned)
-    if row["idempotency_key"] is not None:
-        statement = statement.on_conflict_do_nothing(
-            index_elements=[batches.c.tenant_id, batches.c.idempotency_key]
-        )
-    # RETURNING, not rowcount: SQLAlchemy keeps rowcount for UPDATE and DELETE only.
-    return connection.execute(statement.returning(batches.c.id)).first() is not None
+    statement = _insert_batch_statement(connection.dialect.name, row["idempotency_key"] is not None)
+    return connection.execute(statement, row).first() is not None
 
 
 def submit_batch(
@@ -230,23 +259,26 @@ def batch_for_tenant(session: Session, tenant_id: str, batch_id: str) -> Batch |
     return batch
 
 
+# Built once: the API answers it more often than anything else.
+_TASK_STATUS = select(
+    Batch.id,
+    Batch.condominium_id,
+    Batch.status,
+    Batch.expenses_done,
+    Batch.expenses_total,
+    Batch.failed_attempts,
+    Batch.summary,
+    Batch.error,
+    Batch.trace_id,
+    Batch.submitted_at,
+    Batch.started_at,
+    Batch.finished_at,
+).where(Batch.id == bindparam("batch_id"), Batch.tenant_id == bindparam("tenant_id"))
+
+
 def task_status(connection: Connection, tenant_id: str, batch_id: str) -> Row[Any] | None:
     """What a task's status shows, if the batch is the tenant's: one select, no ORM object."""
-    query = select(
-        Batch.id,
-        Batch.condominium_id,
-        Batch.status,
-        Batch.expenses_done,
-        Batch.expenses_total,
-        Batch.failed_attempts,
-        Batch.summary,
-        Batch.error,
-        Batch.trace_id,
-        Batch.submitted_at,
-        Batch.started_at,
-        Batch.finished_at,
-    ).where(Batch.id == batch_id, Batch.tenant_id == tenant_id)
-    return connection.execute(query).first()
+    return connection.execute(_TASK_STATUS, {"batch_id": batch_id, "tenant_id": tenant_id}).first()
 
 
 def findings_summary(session: Session, batch_id: str) -> dict[str, Any]:
