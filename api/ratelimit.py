@@ -45,8 +45,9 @@ NEGATIVE_CACHE_SECONDS = 60
 # KEYS[3] the revocation generation, KEYS[4] the remembered tenant's budget (when there is
 # one). ARGV[1] the address's burst (us; -1: no limit), ARGV[2] the remembered generation
 # ('' none), ARGV[3] the tenant's interval (us; -1: no limit), ARGV[4] its longest wait (us),
-# ARGV[5] the generation before any revocation. The checks run in refuse_blocked_address,
-# lookup and enforce's order; the slot is audit.ratelimit's GCRA on the same key.
+# ARGV[5] the generation before any revocation. The address's block comes first (a client
+# guessing keys is refused before anything else), then the negative cache; the tenant's slot
+# is audit.ratelimit's GCRA (_RESERVE) on the key `enforce` uses.
 # Returns {outcome (Outcome), microseconds, generation}.
 _ADMIT = """
 local t = redis.call('TIME')
