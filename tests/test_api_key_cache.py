@@ -4,13 +4,15 @@ Redis stand in for two API processes (each has its own cache)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from fastapi.testclient import TestClient
+from fastapi import FastAPI
 from redis import Redis
 from sqlalchemy import Engine, event, update
 
@@ -65,16 +67,24 @@ def new_key(settings: Settings) -> tuple[str, str]:
     return issued.key_id, issued.secret
 
 
-def dead_letters(client: TestClient, key: str) -> int:
-    status: int = client.get("/dead-letters", headers={"X-API-Key": key}).status_code
-    return status
+def dead_letters(app: FastAPI, key: str) -> int:
+    """One authenticated request to `app`, on an event loop of its own (as each request of a
+    real process would be on that process's loop: the app keeps one Redis client per loop)."""
+
+    async def call() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            response = await client.get("/dead-letters", headers={"X-API-Key": key})
+        return response.status_code
+
+    return asyncio.run(call())
 
 
 def test_a_key_is_looked_up_once_per_process(settings: Settings, key_lookups: list[str]) -> None:
     _, key = new_key(settings)
-    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
-        assert [dead_letters(first, key) for _ in range(5)] == [200] * 5
-        assert [dead_letters(second, key) for _ in range(5)] == [200] * 5
+    first, second = create_app(settings), create_app(settings)
+    assert [dead_letters(first, key) for _ in range(5)] == [200] * 5
+    assert [dead_letters(second, key) for _ in range(5)] == [200] * 5
     assert len(key_lookups) == 2, key_lookups
 
 
@@ -83,24 +93,24 @@ def test_a_revocation_counts_at_once_in_every_process(
 ) -> None:
     key_id, key = new_key(settings)
     _, other_key = new_key(settings)
-    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
-        for client in (first, second):
-            assert dead_letters(client, key) == 200
-            assert dead_letters(client, other_key) == 200
-        remembered = len(key_lookups)
-        assert dead_letters(first, key) == 200
-        assert len(key_lookups) == remembered  # both keys answered from the caches
+    first, second = create_app(settings), create_app(settings)
+    for app in (first, second):
+        assert dead_letters(app, key) == 200
+        assert dead_letters(app, other_key) == 200
+    remembered = len(key_lookups)
+    assert dead_letters(first, key) == 200
+    assert len(key_lookups) == remembered  # both keys answered from the caches
 
-        with session_scope(settings.database_url) as session:
-            assert revoke_key(session, key_id, redis_url=settings.redis_url)
+    with session_scope(settings.database_url) as session:
+        assert revoke_key(session, key_id, redis_url=settings.redis_url)
 
-        # Well within the cache's 30 s: refused in both, at the next request.
-        assert dead_letters(first, key) == 401
-        assert dead_letters(second, key) == 401
-        # The other key is looked up again once, and remembered again.
-        assert [dead_letters(first, other_key) for _ in range(3)] == [200] * 3
-        assert [dead_letters(second, other_key) for _ in range(3)] == [200] * 3
-        assert len(key_lookups) == remembered + 4, key_lookups
+    # Well within the cache's 30 s: refused in both, at the next request.
+    assert dead_letters(first, key) == 401
+    assert dead_letters(second, key) == 401
+    # The other key is looked up again once, and remembered again.
+    assert [dead_letters(first, other_key) for _ in range(3)] == [200] * 3
+    assert [dead_letters(second, other_key) for _ in range(3)] == [200] * 3
+    assert len(key_lookups) == remembered + 4, key_lookups
 
 
 def test_the_generation_is_bumped_once_the_revocation_is_committed(
@@ -132,13 +142,12 @@ def test_a_key_revoked_behind_the_caches_back_lives_until_its_entry_expires(
     _, key = new_key(settings)
     app = create_app(settings)
     app.state.key_cache = KeyCache(ttl=0.5)
-    with TestClient(app) as client:
-        assert dead_letters(client, key) == 200
-        with session_scope(settings.database_url) as session:
-            session.execute(update(ApiKey).values(revoked_at=ApiKey.created_at))
-        assert dead_letters(client, key) == 200
-        time.sleep(0.6)
-        assert dead_letters(client, key) == 401
+    assert dead_letters(app, key) == 200
+    with session_scope(settings.database_url) as session:
+        session.execute(update(ApiKey).values(revoked_at=ApiKey.created_at))
+    assert dead_letters(app, key) == 200
+    time.sleep(0.6)
+    assert dead_letters(app, key) == 401
 
 
 def test_a_revocation_redis_did_not_hear_of_is_an_error(settings: Settings) -> None:
@@ -150,5 +159,4 @@ def test_a_revocation_redis_did_not_hear_of_is_an_error(settings: Settings) -> N
     ):
         revoke_key(session, key_id, redis_url=unreachable)
     # The revocation itself was committed: a process that never saw the key refuses it.
-    with TestClient(create_app(settings)) as client:
-        assert dead_letters(client, key) == 401
+    assert dead_letters(create_app(settings), key) == 401
