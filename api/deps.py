@@ -8,20 +8,27 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader
-from redis.exceptions import RedisError
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api import ratelimit
-from audit.auth import hash_key, tenant_for_key
-from audit.db import session_scope
+from audit.auth import KeyCache, hash_key, tenant_for_key
+from audit.db import session_factory, session_scope
 from audit.settings import Settings
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_settings(request: Request) -> Settings:
+    """async: it does no I/O, so it runs on the event loop (a sync dependency would cost a
+    trip through the threadpool)."""
+    return settings_of(request)
 
 
 def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterator[Session]:
@@ -29,50 +36,74 @@ def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterato
         yield session
 
 
-NEGATIVE_CACHE_PREFIX = "api-badkey:"
-NEGATIVE_CACHE_SECONDS = 60
+@contextlib.contextmanager
+def read_connection(settings: Settings) -> Iterator[Connection]:
+    """A connection in autocommit from the sessions' engine, for a route answering from one
+    SELECT: no BEGIN and COMMIT round trips around it, no ORM session to set up. Opened in
+    the route's body, not as a dependency: a sync dependency costs two threadpool trips."""
+    engine: Engine = session_factory(settings.database_url).kw["bind"]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        yield connection
 
 
-def lookup_key(request: Request, settings: Settings, session: Session, api_key: str) -> str | None:
-    """The key's tenant. Keys found unknown are remembered a minute (by hash) so that a
-    client repeating a bad key costs a Redis read, not a database query; known keys are
-    never cached, so a revocation takes effect at once."""
-    redis = ratelimit.api_redis(request, settings)
-    remembered = NEGATIVE_CACHE_PREFIX + hash_key(api_key)
-    try:
-        if redis.exists(remembered):
-            return None
-    except RedisError:
-        pass
-    tenant_id = tenant_for_key(session, api_key)
-    if tenant_id is None:
-        with contextlib.suppress(RedisError):
-            redis.set(remembered, b"1", ex=NEGATIVE_CACHE_SECONDS)
-    return tenant_id
+def _key_cache(request: Request) -> KeyCache:
+    cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
+    if cache is None:
+        cache = request.app.state.key_cache = KeyCache()
+    return cache
 
 
-def current_tenant(
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "ApiKey"}
+    )
+
+
+async def current_tenant(
     request: Request,
-    session: Annotated[Session, Depends(get_session, scope="function")],
     settings: Annotated[Settings, Depends(get_settings)],
     api_key: Annotated[str | None, Security(api_key_header)],
 ) -> str:
+    """The calling tenant, its request counted against the tenant's rate.
+
+    A key this process looked up under the current revocation generation costs one Redis
+    round trip on the event loop and no query; any other key is looked up in the database
+    (and remembered, or marked bad a minute), in the threadpool. Without Redis every key is
+    looked up, and nothing limited."""
     if not api_key:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing X-API-Key header",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
-    ratelimit.refuse_blocked_address(request, settings)
-    tenant_id = lookup_key(request, settings, session, api_key)
+        raise _unauthorized("missing X-API-Key header")
+    digest = hash_key(api_key)
+    remembered = _key_cache(request).get(digest)
+    admission = await ratelimit.admit(request, settings, digest, remembered)
+    if admission.outcome == ratelimit.Outcome.ADMITTED:
+        assert remembered is not None
+        return remembered.tenant_id
+    return await run_in_threadpool(look_up_key, request, settings, api_key, digest, admission)
+
+
+def look_up_key(
+    request: Request,
+    settings: Settings,
+    api_key: str,
+    digest: str,
+    admission: ratelimit.Admission,
+) -> str:
+    """The tenant of a key the admission could not vouch for, from the database."""
+    cache = _key_cache(request)
+    tenant_id = None
+    if admission.outcome != ratelimit.Outcome.KNOWN_BAD_KEY:
+        cache.drop(digest)
+        with session_scope(settings.database_url) as session:
+            tenant_id = tenant_for_key(session, api_key)
     if tenant_id is None:
-        ratelimit.count_failed_authentication(request, settings)
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid or revoked API key",
-            headers={"WWW-Authenticate": "ApiKey"},
-        )
-    ratelimit.enforce(request, settings, tenant_id)
+        if admission.outcome == ratelimit.Outcome.LOOK_UP:
+            ratelimit.remember_bad_key(request, settings, digest)
+        if admission.outcome != ratelimit.Outcome.REDIS_UNAVAILABLE:
+            ratelimit.count_failed_authentication(request, settings)
+        raise _unauthorized("invalid or revoked API key")
+    if admission.outcome == ratelimit.Outcome.LOOK_UP:
+        cache.put(digest, tenant_id, admission.generation)
+        ratelimit.enforce(request, settings, tenant_id)
     return tenant_id
 
 
@@ -95,7 +126,7 @@ def status_url(request: Request, task_id: str) -> str:
     Never built from the request's Host header, which any client can forge (a status_url
     pointing at an attacker's host, cached or logged, is a phishing link)."""
     path = str(request.app.url_path_for("get_task", task_id=task_id))
-    base = get_settings(request).public_base_url
+    base = settings_of(request).public_base_url
     return f"{base.rstrip('/')}{path}" if base else path
 
 

@@ -8,15 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.sql.dml import ReturningInsert
 
 from audit.auditlog import AuditEvent, AuditLogService
-from audit.idempotency import IdempotencyKeyReused
-from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding
+from audit.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused
+from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding, new_id, utcnow
 from audit.tracing_context import current_trace_id
 
 
@@ -41,7 +44,9 @@ class ExpenseInput:
 
 @dataclass(frozen=True)
 class Submitted:
-    batch: Batch
+    batch_id: str
+    status: str
+    expenses_total: int
     created: bool  # False when an Idempotency-Key matched an earlier submission
 
 
@@ -87,7 +92,56 @@ def replay_or_forget(
             "Idempotency-Key was already used with a different request (another body, "
             "route or condominium); use a new key for a new request"
         )
-    return Submitted(earlier, created=False)
+    return Submitted(earlier.id, earlier.status, earlier.expenses_total, created=False)
+
+
+# The columns submit_batch sets; the others keep their defaults (NULL).
+BATCH_COLUMNS = (
+    "id",
+    "tenant_id",
+    "condominium_id",
+    "idempotency_key",
+    "idempotency_fingerprint",
+    "status",
+    "expenses_total",
+    "expenses_done",
+    "failed_attempts",
+    "trace_id",
+    "submitted_at",
+)
+
+
+@lru_cache(maxsize=8)
+def _insert_batch_statement(dialect: str, with_key: bool) -> ReturningInsert[tuple[str]]:
+    """INSERT INTO batches ... SELECT ... FROM condominiums WHERE it is the tenant's [ON
+    CONFLICT (tenant_id, idempotency_key) DO NOTHING] RETURNING id, with a bound parameter
+    per column. Built once: building it costs more than running it."""
+    batches = cast(Table, Batch.__table__)
+    condominiums = cast(Table, Condominium.__table__)
+    values = {name: bindparam(name, type_=batches.c[name].type) for name in BATCH_COLUMNS}
+    owned = select(*values.values()).where(
+        condominiums.c.id == values["condominium_id"],
+        condominiums.c.tenant_id == values["tenant_id"],
+    )
+    upsert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = upsert(batches).from_select(list(values), owned)
+    if with_key:
+        statement = statement.on_conflict_do_nothing(
+            index_elements=[batches.c.tenant_id, batches.c.idempotency_key]
+        )
+    # RETURNING, not rowcount: SQLAlchemy keeps rowcount for UPDATE and DELETE only.
+    return statement.returning(batches.c.id)
+
+
+def _insert_batch(session: Session, row: dict[str, Any]) -> bool:
+    """Insert the batch row if its condominium is the tenant's and (with an Idempotency-Key)
+    the key is free, in one statement; False when nothing was inserted.
+
+    With a concurrent request holding the same key, PostgreSQL waits for its commit and then
+    inserts nothing: the caller finds that request's batch and replays it."""
+    connection = session.connection()
+    statement = _insert_batch_statement(connection.dialect.name, row["idempotency_key"] is not None)
+    return connection.execute(statement, row).first() is not None
 
 
 def submit_batch(
@@ -105,38 +159,39 @@ def submit_batch(
     With an Idempotency-Key: the earlier batch of the key is returned (a replay) when
     `fingerprint` matches, IdempotencyKeyReused is raised when it does not, and a key older
     than `key_ttl` is forgotten (audit.idempotency)."""
-    condominium_for_tenant(session, tenant_id, condominium_id)
-    if idempotency_key is not None:
+    row: dict[str, Any] = {
+        "id": new_id(),
+        "tenant_id": tenant_id,
+        "condominium_id": condominium_id,
+        "idempotency_key": idempotency_key,
+        "idempotency_fingerprint": fingerprint if idempotency_key is not None else None,
+        "status": BatchStatus.PENDING.value,
+        "expenses_total": len(expenses),
+        "expenses_done": 0,
+        "failed_attempts": 0,
+        "trace_id": current_trace_id(),
+        "submitted_at": utcnow(),
+    }
+    if not _insert_batch(session, row):
+        # Not the tenant's condominium, or the Idempotency-Key is taken.
+        condominium_for_tenant(session, tenant_id, condominium_id)
+        if idempotency_key is None:
+            raise UnknownCondominium(condominium_id)
         earlier = find_by_idempotency_key(session, tenant_id, idempotency_key)
         if earlier is not None:
             replay = replay_or_forget(session, earlier, fingerprint, key_ttl)
             if replay is not None:
                 return replay
-    batch = Batch(
-        tenant_id=tenant_id,
-        condominium_id=condominium_id,
-        idempotency_key=idempotency_key,
-        idempotency_fingerprint=fingerprint if idempotency_key is not None else None,
-        status=BatchStatus.PENDING,
-        expenses_total=len(expenses),
-        trace_id=current_trace_id(),
-    )
-    session.add(batch)
-    try:
-        session.flush()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the race.
-        session.rollback()
-        assert idempotency_key is not None
-        earlier = find_by_idempotency_key(session, tenant_id, idempotency_key)
-        if earlier is None:
-            raise
-        return replay_or_forget(session, earlier, fingerprint, None) or Submitted(earlier, False)
-    session.execute(
-        insert(Expense),
+        # The key's batch was withdrawn (its enqueue failed) or its key expired and was
+        # released just now: the key is free, unless another request takes it first.
+        if not _insert_batch(session, row):
+            raise IdempotencyKeyInFlight(idempotency_key)
+    connection = session.connection()
+    connection.execute(
+        insert(cast(Table, Expense.__table__)),
         [
             {
-                "batch_id": batch.id,
+                "batch_id": row["id"],
                 "condominium_id": condominium_id,
                 "external_id": item.external_id,
                 "supplier_cnpj": item.supplier_cnpj,
@@ -149,8 +204,8 @@ def submit_batch(
             for item in expenses
         ],
     )
-    AuditLogService(session).record(batch.id, AuditEvent.SUBMITTED, expenses=len(expenses))
-    return Submitted(batch, created=True)
+    AuditLogService(session).append(row["id"], AuditEvent.SUBMITTED, expenses=len(expenses))
+    return Submitted(row["id"], row["status"], len(expenses), created=True)
 
 
 def submit_and_enqueue(
@@ -182,9 +237,9 @@ def submit_and_enqueue(
     if not submitted.created:
         return submitted
     try:
-        enqueue(submitted.batch.id)
+        enqueue(submitted.batch_id)
     except Exception as exc:  # whatever the queue raised, the batch was not accepted
-        withdraw_batch(session, submitted.batch.id)
+        withdraw_batch(session, submitted.batch_id)
         session.commit()
         raise QueueUnavailable(str(exc)) from exc
     return submitted
@@ -202,6 +257,28 @@ def batch_for_tenant(session: Session, tenant_id: str, batch_id: str) -> Batch |
     if batch is None or batch.tenant_id != tenant_id:
         return None
     return batch
+
+
+# Built once: the API answers it more often than anything else.
+_TASK_STATUS = select(
+    Batch.id,
+    Batch.condominium_id,
+    Batch.status,
+    Batch.expenses_done,
+    Batch.expenses_total,
+    Batch.failed_attempts,
+    Batch.summary,
+    Batch.error,
+    Batch.trace_id,
+    Batch.submitted_at,
+    Batch.started_at,
+    Batch.finished_at,
+).where(Batch.id == bindparam("batch_id"), Batch.tenant_id == bindparam("tenant_id"))
+
+
+def task_status(connection: Connection, tenant_id: str, batch_id: str) -> Row[Any] | None:
+    """What a task's status shows, if the batch is the tenant's: one select, no ORM object."""
+    return connection.execute(_TASK_STATUS, {"batch_id": batch_id, "tenant_id": tenant_id}).first()
 
 
 def findings_summary(session: Session, batch_id: str) -> dict[str, Any]:

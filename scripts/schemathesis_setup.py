@@ -46,12 +46,12 @@ def main(config_path: str) -> None:
             "limpeza",
             None,
         )
-        batch = submit_batch(session, tenant.id, condominium.id, [item]).batch
+        batch = submit_batch(session, tenant.id, condominium.id, [item])
         letter = DeadLetter(
-            batch_id=batch.id,
+            batch_id=batch.batch_id,
             tenant_id=tenant.id,
             task_name="audit.process_batch_expenses",
-            payload={"batch_id": batch.id},
+            payload={"batch_id": batch.batch_id},
             provider="cnpjws",
             error="cnpjws: server error 503",
             attempts=5,
@@ -61,7 +61,7 @@ def main(config_path: str) -> None:
         key = issue_key(session, tenant.id).secret
         values = {
             "condominiums": condominium.id,
-            "batches": batch.id,
+            "batches": batch.batch_id,
             "dead_letters": letter.id,
             "providers": "cnpjws",
         }
