@@ -8,7 +8,7 @@ import json
 
 from sqlalchemy import select
 
-from audit.auth import create_tenant, issue_key, revoke_key
+from audit.auth import RevocationNotAnnounced, create_tenant, issue_key, revoke_key
 from audit.db import session_scope
 from audit.models import ApiKey, Tenant
 from audit.settings import get_settings
@@ -106,7 +106,11 @@ def run_issue_key(args: argparse.Namespace) -> int:
 
 def run_revoke_key(args: argparse.Namespace) -> int:
     with session_scope(get_settings().database_url) as session:
-        if not revoke_key(session, args.key_id):
+        try:
+            revoked = revoke_key(session, args.key_id)
+        except RevocationNotAnnounced as exc:
+            raise CliError(str(exc)) from None
+        if not revoked:
             raise CliError(f"key {args.key_id} does not exist or is already revoked")
     print(f"revoked {args.key_id}")
     return 0

@@ -79,6 +79,24 @@ def test_an_unexpected_error_is_one_line_too(
     assert "--debug" in err
 
 
+def test_revoking_while_redis_is_away_revokes_and_says_so_in_one_line(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    get_settings.cache_clear()
+    assert main(["db", "upgrade"]) == 0
+    assert main(["tenants", "create", "Administradora Exemplo"]) == 0
+    key_id = json.loads(capsys.readouterr().out.splitlines()[-1])["key_id"]
+    assert main(["keys", "revoke", key_id]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "the key is revoked, but Redis did not answer" in err
+    database = workdir / ".local" / "condo-audit.db"
+    with sqlite3.connect(database) as connection:
+        revoked = connection.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (key_id,))
+        assert revoked.fetchone()[0] is not None
+
+
 def subcommand(name: str) -> argparse.ArgumentParser:
     parser = build_parser()
     for action in parser._subparsers._group_actions:  # type: ignore[union-attr]
