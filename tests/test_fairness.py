@@ -216,10 +216,11 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(idle_platform: Pla
         assert outcome.problems == []
         assert outcome.success == len(work.submitted)
     # The killed worker's own messages come back from the unacked hash one restore sweep (10 s)
-    # after the visibility timeout (5 s), find their batches finished and are acknowledged:
-    # nothing stays outstanding.
+    # after the visibility timeout (5 s); a duplicate that met a live lease looks again once
+    # the lease (10 s) could have lapsed. Then they find their batches finished and are
+    # acknowledged: nothing stays outstanding.
     redis = Redis.from_url(platform.redis_url)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while (backlog := read_backlog(redis, platform.env["AUDIT_QUEUE"])).outstanding:
         assert time.monotonic() < deadline, backlog
         time.sleep(0.5)
