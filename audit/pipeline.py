@@ -2,33 +2,64 @@
 
 Provider errors propagate to the caller (the Celery task), which owns retries. Storing the
 findings replaces the batch's earlier ones in one transaction, so any re-run is idempotent.
+
+A batch costs a fixed number of round trips whatever its size or the condominium's history:
+Core statements of the columns the rules read (no ORM identity map to fill), each compiled
+once per process and cached, multi-row writes sent as one executemany, and every history or
+candidate query bounded by an index and a date window (migration 0005).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Select, Table, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.auditlog import AuditEvent, AuditLogService
-from audit.batches import BatchStatus, findings_summary
+from audit.batches import BatchStatus
 from audit.models import BankTransaction, Batch, Condominium, Expense, Finding
 from audit.providers.base import BankTransactionRecord, Registration, TransactionSource
 from audit.ratelimit import requests_for
-from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings, evaluate
+from audit.rules import BatchEvaluation, ExpenseFacts, FindingDraft, RuleSettings, evaluate
 from audit.webhooks import EventType
 from audit.webhooks.outbox import record_batch_event
 
 HISTORY_DAYS = 365
-# Core statements run executemany on the table (ORM bulk statements would want primary keys).
+# Core statements on the tables: executemany and plain rows, no ORM bookkeeping per row.
 TRANSACTIONS_TABLE = cast(Table, BankTransaction.__table__)
+EXPENSES_TABLE = cast(Table, Expense.__table__)
+FINDINGS_TABLE = cast(Table, Finding.__table__)
+BATCHES_TABLE = cast(Table, Batch.__table__)
+# The columns an ExpenseFacts is built from, in its field order.
+FACT_COLUMNS = (
+    Expense.id,
+    Expense.condominium_id,
+    Expense.external_id,
+    Expense.supplier_cnpj,
+    Expense.amount,
+    Expense.expense_date,
+    Expense.description,
+    Expense.category,
+    Expense.invoice_number,
+)
+TRANSACTION_COLUMNS = (
+    BankTransaction.provider_transaction_id,
+    BankTransaction.account_id,
+    BankTransaction.date,
+    BankTransaction.description,
+    BankTransaction.amount,
+    BankTransaction.type,
+    BankTransaction.status,
+    BankTransaction.receiver_document,
+)
 
 
 class SupplierSource(Protocol):
@@ -39,6 +70,25 @@ class SupplierSource(Protocol):
     ) -> dict[str, Registration]: ...
 
 
+@dataclass(frozen=True)
+class BatchWork:
+    """What a run reads before calling the providers: the batch, its condominium's settings
+    and its expenses."""
+
+    batch_id: str
+    tenant_id: str
+    condominium_id: str
+    account_id: str | None
+    settings: RuleSettings
+    expenses: list[ExpenseFacts]
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    summary: dict[str, Any]
+    deliveries: int  # webhook outbox rows written with the SUCCESS status (0: none to publish)
+
+
 @dataclass
 class BatchAuditor:
     sessions: sessionmaker[Session]
@@ -47,32 +97,33 @@ class BatchAuditor:
     progress_interval_seconds: float = 0.5
     clock: Callable[[], float] = time.monotonic
 
-    def run(self, batch_id: str) -> dict[str, Any]:
+    def run(self, batch_id: str) -> AuditOutcome:
+        """Read the batch in a transaction of its own, then audit it (see `audit`)."""
         with self.sessions.begin() as session:
             batch = session.get(Batch, batch_id)
             assert batch is not None
-            condominium = session.get(Condominium, batch.condominium_id)
-            assert condominium is not None
-            expenses = [facts_of(e) for e in batch.expenses]
-            settings = RuleSettings.from_stored(condominium.audit_settings)
-            account_id = condominium.pluggy_account_id
-            condominium_id = condominium.id
-            tenant_id = batch.tenant_id
+            work = load_work(session, batch)
+        return self.audit(work)
 
+    def audit(self, work: BatchWork) -> AuditOutcome:
+        """Call the providers, then evaluate and store in one transaction."""
+        expenses, settings = work.expenses, work.settings
         bank_data_available = False
-        with requests_for(tenant_id):  # provider budgets are shared fairly between tenants
-            registrations = self._resolve_suppliers(batch_id, expenses)
-            if account_id and self.transactions is not None and expenses:
+        with requests_for(work.tenant_id):  # provider budgets are shared fairly between tenants
+            registrations = self._resolve_suppliers(work.batch_id, expenses)
+            if work.account_id and self.transactions is not None and expenses:
                 window = dt.timedelta(settings.match_window_days)
                 start = min(e.expense_date for e in expenses) - window
                 end = max(e.expense_date for e in expenses) + window
-                records = self.transactions.fetch(account_id, start, end)
-                self._store_transactions(condominium_id, records)
+                records = self.transactions.fetch(work.account_id, start, end)
+                self._store_transactions(work.condominium_id, records)
                 bank_data_available = True
 
         with self.sessions.begin() as session:
-            transactions = load_transactions(session, condominium_id, batch_id, expenses, settings)
-            history = load_history(session, condominium_id, batch_id, expenses)
+            transactions = load_transactions(
+                session, work.condominium_id, work.batch_id, expenses, settings
+            )
+            history = load_history(session, work.condominium_id, work.batch_id, expenses)
             result = evaluate(
                 expenses,
                 registrations,
@@ -81,11 +132,11 @@ class BatchAuditor:
                 settings,
                 bank_data_available=bank_data_available,
             )
-            store_result(session, batch_id, condominium_id, result)
-            summary = findings_summary(session, batch_id)
+            store_result(session, work.batch_id, work.condominium_id, result, expenses)
+            summary = summarize(result.findings)
             session.execute(
-                update(Batch)
-                .where(Batch.id == batch_id)
+                update(BATCHES_TABLE)
+                .where(BATCHES_TABLE.c.id == work.batch_id)
                 .values(
                     status=BatchStatus.SUCCESS,
                     expenses_done=len(expenses),
@@ -94,10 +145,10 @@ class BatchAuditor:
                     finished_at=dt.datetime.now(dt.UTC),
                 )
             )
-            AuditLogService(session).record(batch_id, AuditEvent.FINISHED, **summary)
+            AuditLogService(session).record(work.batch_id, AuditEvent.FINISHED, **summary)
             # The webhook outbox, in the transaction that records the status.
-            record_batch_event(session, batch_id, EventType.BATCH_SUCCEEDED)
-        return summary
+            deliveries = record_batch_event(session, work.batch_id, EventType.BATCH_SUCCEEDED)
+        return AuditOutcome(summary=summary, deliveries=deliveries)
 
     def _resolve_suppliers(
         self, batch_id: str, expenses: list[ExpenseFacts]
@@ -118,7 +169,11 @@ class BatchAuditor:
 
     def _report_progress(self, batch_id: str, done: int) -> None:
         with self.sessions.begin() as session:
-            session.execute(update(Batch).where(Batch.id == batch_id).values(expenses_done=done))
+            session.execute(
+                update(BATCHES_TABLE)
+                .where(BATCHES_TABLE.c.id == batch_id)
+                .values(expenses_done=done)
+            )
 
     def _store_transactions(
         self, condominium_id: str, records: list[BankTransactionRecord]
@@ -150,44 +205,50 @@ class BatchAuditor:
             session.connection().execute(statement, rows)
 
 
-def facts_of(expense: Expense) -> ExpenseFacts:
-    return ExpenseFacts(
-        expense_id=expense.id,
-        condominium_id=expense.condominium_id,
-        external_id=expense.external_id,
-        supplier_cnpj=expense.supplier_cnpj,
-        amount=expense.amount,
-        expense_date=expense.expense_date,
-        description=expense.description,
-        category=expense.category,
-        invoice_number=expense.invoice_number,
+def load_work(session: Session, batch: Batch) -> BatchWork:
+    """The batch's condominium settings and expenses, as plain values (two Core selects)."""
+    account_id, stored = session.execute(
+        select(Condominium.pluggy_account_id, Condominium.audit_settings).where(
+            Condominium.id == batch.condominium_id
+        )
+    ).one()
+    rows = session.execute(
+        select(*FACT_COLUMNS).where(Expense.batch_id == batch.id).order_by(Expense.id)
+    )
+    return BatchWork(
+        batch_id=batch.id,
+        tenant_id=batch.tenant_id,
+        condominium_id=batch.condominium_id,
+        account_id=account_id,
+        settings=RuleSettings.from_stored(stored),
+        expenses=[ExpenseFacts(*row) for row in rows],
     )
 
 
 def candidate_transactions_query(
     condominium_id: str,
     batch_id: str,
-    expenses: list[ExpenseFacts],
+    expenses: Sequence[ExpenseFacts],
     settings: RuleSettings,
-) -> Select[BankTransaction]:
+) -> Select[*tuple[Any, ...]]:
     """Transactions that could pay one of the batch's expenses: within the date window and of
     an expense's amount (debits carry Pluggy's negative sign), served by the (date, amount)
-    index, and not already taken by another batch's expense."""
+    index, and not already taken by another batch's expense (a primary-key probe per
+    candidate, not a scan of the condominium's expenses)."""
     window = dt.timedelta(days=settings.match_window_days)
     start = min(e.expense_date for e in expenses) - window
     end = max(e.expense_date for e in expenses) + window
     amounts = {e.amount for e in expenses} | {-e.amount for e in expenses}
-    taken_elsewhere = select(Expense.id).where(
-        Expense.condominium_id == condominium_id, Expense.batch_id != batch_id
+    taken_elsewhere = exists().where(
+        Expense.id == BankTransaction.matched_expense_id,
+        Expense.condominium_id == condominium_id,
+        Expense.batch_id != batch_id,
     )
-    return select(BankTransaction).where(
+    return select(*TRANSACTION_COLUMNS).where(
         BankTransaction.date.between(start, end),
         BankTransaction.amount.in_(sorted(amounts)),
         BankTransaction.condominium_id == condominium_id,
-        or_(
-            BankTransaction.matched_expense_id.is_(None),
-            BankTransaction.matched_expense_id.not_in(taken_elsewhere),
-        ),
+        or_(BankTransaction.matched_expense_id.is_(None), ~taken_elsewhere),
     )
 
 
@@ -195,61 +256,75 @@ def load_transactions(
     session: Session,
     condominium_id: str,
     batch_id: str,
-    expenses: list[ExpenseFacts],
+    expenses: Sequence[ExpenseFacts],
     settings: RuleSettings,
 ) -> list[BankTransactionRecord]:
     if not expenses:
         return []
-    rows = session.scalars(
+    rows = session.execute(
         candidate_transactions_query(condominium_id, batch_id, expenses, settings)
     )
-    return [
-        BankTransactionRecord(
-            id=row.provider_transaction_id,
-            account_id=row.account_id,
-            date=row.date,
-            description=row.description,
-            amount=row.amount,
-            type=row.type,
-            status=row.status,
-            receiver_document=row.receiver_document,
-        )
-        for row in rows
-    ]
+    return [BankTransactionRecord(*row) for row in rows]
+
+
+def history_query(
+    condominium_id: str, batch_id: str, expenses: Sequence[ExpenseFacts]
+) -> Select[*tuple[Any, ...]]:
+    """The condominium's expenses from other batches since HISTORY_DAYS before the batch's
+    first one: a range on the (condominium_id, expense_date) index, whatever the history."""
+    since = min(e.expense_date for e in expenses) - dt.timedelta(days=HISTORY_DAYS)
+    return select(*FACT_COLUMNS).where(
+        Expense.condominium_id == condominium_id,
+        Expense.expense_date >= since,
+        Expense.batch_id != batch_id,
+    )
 
 
 def load_history(
-    session: Session, condominium_id: str, batch_id: str, expenses: list[ExpenseFacts]
+    session: Session, condominium_id: str, batch_id: str, expenses: Sequence[ExpenseFacts]
 ) -> list[ExpenseFacts]:
     """The condominium's expenses from other batches over the past year, for history rules."""
     if not expenses:
         return []
-    since = min(e.expense_date for e in expenses) - dt.timedelta(days=HISTORY_DAYS)
-    rows = session.scalars(
-        select(Expense).where(
-            Expense.condominium_id == condominium_id,
-            Expense.batch_id != batch_id,
-            Expense.expense_date >= since,
-        )
-    )
-    return [facts_of(row) for row in rows]
+    rows = session.execute(history_query(condominium_id, batch_id, expenses))
+    return [ExpenseFacts(*row) for row in rows]
+
+
+def summarize(findings: Iterable[FindingDraft]) -> dict[str, Any]:
+    """The batch's summary from the findings just stored (the batch has no others): the
+    shape of audit.batches.findings_summary, without reading them back."""
+    by_rule: Counter[str] = Counter()
+    by_severity: Counter[str] = Counter()
+    for finding in findings:
+        by_rule[str(finding.rule_code)] += 1
+        by_severity[str(finding.severity)] += 1
+    return {
+        "findings": sum(by_rule.values()),
+        "by_rule": dict(sorted(by_rule.items())),
+        "by_severity": dict(sorted(by_severity.items())),
+    }
 
 
 def store_result(
-    session: Session, batch_id: str, condominium_id: str, result: BatchEvaluation
+    session: Session,
+    batch_id: str,
+    condominium_id: str,
+    result: BatchEvaluation,
+    expenses: Sequence[ExpenseFacts],
 ) -> None:
     """Replace the batch's findings and bank matches: a re-run leaves the same rows."""
-    batch_expenses = select(Expense.id).where(Expense.batch_id == batch_id)
-    session.execute(delete(Finding).where(Finding.batch_id == batch_id))
-    session.execute(
-        update(BankTransaction)
-        .where(BankTransaction.matched_expense_id.in_(batch_expenses))
-        .values(matched_expense_id=None)
-    )
+    table = TRANSACTIONS_TABLE
+    session.execute(delete(FINDINGS_TABLE).where(FINDINGS_TABLE.c.batch_id == batch_id))
+    if expenses:
+        # Served by the matched_expense_id index: the batch's earlier matches only.
+        session.execute(
+            update(table)
+            .where(table.c.matched_expense_id.in_([e.expense_id for e in expenses]))
+            .values(matched_expense_id=None)
+        )
     if result.matches:
         # One executemany (pipelined by psycopg), not a round trip per matched expense.
-        table = TRANSACTIONS_TABLE
-        session.connection().execute(
+        session.execute(
             update(table)
             .where(
                 table.c.condominium_id == condominium_id,
@@ -262,8 +337,9 @@ def store_result(
             ],
         )
     if result.findings:
+        now = dt.datetime.now(dt.UTC)
         session.execute(
-            insert(Finding),
+            insert(FINDINGS_TABLE),
             [
                 {
                     "batch_id": batch_id,
@@ -274,6 +350,7 @@ def store_result(
                     "message": draft.message,
                     "evidence": draft.evidence,
                     "fingerprint": draft.fingerprint,
+                    "created_at": now,
                 }
                 for draft in result.findings
             ],
