@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 CENT = Decimal("0.01")
@@ -50,6 +51,11 @@ class ExpenseFacts:
     description: str
     category: str
     invoice_number: str | None = None
+
+    @cached_property
+    def cents(self) -> int:
+        """to_cents(amount), once: the history rules compare it against every peer."""
+        return to_cents(self.amount)
 
 
 @dataclass(frozen=True)
