@@ -4,9 +4,11 @@ Provider errors propagate to the caller (the Celery task), which owns retries. S
 findings replaces the batch's earlier ones in one transaction, so any re-run is idempotent.
 
 A batch costs a fixed number of round trips whatever its size or the condominium's history:
-Core statements of the columns the rules read (no ORM identity map to fill), each compiled
-once per process and cached, multi-row writes sent as one executemany, and every history or
-candidate query bounded by an index and a date window (migration 0005).
+the batch, its settings and its cached suppliers are read in the transaction that marks it
+started; the fetched transactions, the evaluation and the result in one more. Core
+statements read the columns the rules need (no ORM objects to build), multi-row writes are
+one statement, and every history or candidate query is bounded by an index and a date
+window (migration 0005).
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, Table, bindparam, delete, exists, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import (
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,17 +76,22 @@ TRANSACTION_COLUMNS = (
 
 
 class SupplierSource(Protocol):
+    def cached(
+        self, cnpjs: Iterable[str], session: Session | None = None
+    ) -> dict[str, Registration]: ...
+
     def get_many(
         self,
         cnpjs: Iterable[str],
         on_lookup: Callable[[dict[str, Registration]], None] | None = None,
+        known: dict[str, Registration] | None = None,
     ) -> dict[str, Registration]: ...
 
 
 @dataclass(frozen=True)
 class BatchWork:
-    """What a run reads before calling the providers: the batch, its condominium's settings
-    and its expenses."""
+    """What a run reads before calling the providers: the batch, its condominium's settings,
+    its expenses and the registrations of its suppliers already in the cache."""
 
     batch_id: str
     tenant_id: str
@@ -81,6 +99,7 @@ class BatchWork:
     account_id: str | None
     settings: RuleSettings
     expenses: list[ExpenseFacts]
+    registrations: dict[str, Registration]
 
 
 @dataclass(frozen=True)
@@ -102,24 +121,33 @@ class BatchAuditor:
         with self.sessions.begin() as session:
             batch = session.get(Batch, batch_id)
             assert batch is not None
-            work = load_work(session, batch)
+            work = self.load(session, batch)
         return self.audit(work)
 
+    def load(self, session: Session, batch: Batch) -> BatchWork:
+        """Everything the run reads before the providers, in the caller's transaction (the
+        worker's, that marks the batch started)."""
+        work = load_work(session, batch)
+        cnpjs = {e.supplier_cnpj for e in work.expenses}
+        return replace(work, registrations=self.suppliers.cached(cnpjs, session))
+
     def audit(self, work: BatchWork) -> AuditOutcome:
-        """Call the providers, then evaluate and store in one transaction."""
+        """Call the providers, then store their answers, evaluate and store the result in
+        one transaction."""
         expenses, settings = work.expenses, work.settings
         bank_data_available = False
+        records: list[BankTransactionRecord] = []
         with requests_for(work.tenant_id):  # provider budgets are shared fairly between tenants
-            registrations = self._resolve_suppliers(work.batch_id, expenses)
+            registrations = self._resolve_suppliers(work, expenses)
             if work.account_id and self.transactions is not None and expenses:
                 window = dt.timedelta(settings.match_window_days)
                 start = min(e.expense_date for e in expenses) - window
                 end = max(e.expense_date for e in expenses) + window
                 records = self.transactions.fetch(work.account_id, start, end)
-                self._store_transactions(work.condominium_id, records)
                 bank_data_available = True
 
         with self.sessions.begin() as session:
+            store_transactions(session, work.condominium_id, records)
             transactions = load_transactions(
                 session, work.condominium_id, work.batch_id, expenses, settings
             )
@@ -151,7 +179,7 @@ class BatchAuditor:
         return AuditOutcome(summary=summary, deliveries=deliveries)
 
     def _resolve_suppliers(
-        self, batch_id: str, expenses: list[ExpenseFacts]
+        self, work: BatchWork, expenses: list[ExpenseFacts]
     ) -> dict[str, Registration]:
         """Look every supplier up once, reporting progress as expenses become resolvable."""
         per_supplier: dict[str, int] = {}
@@ -162,10 +190,10 @@ class BatchAuditor:
         def report(resolved: dict[str, Registration]) -> None:
             nonlocal last_report
             if self.clock() - last_report >= self.progress_interval_seconds:
-                self._report_progress(batch_id, sum(per_supplier[c] for c in resolved))
+                self._report_progress(work.batch_id, sum(per_supplier[c] for c in resolved))
                 last_report = self.clock()
 
-        return self.suppliers.get_many(per_supplier, on_lookup=report)
+        return self.suppliers.get_many(per_supplier, on_lookup=report, known=work.registrations)
 
     def _report_progress(self, batch_id: str, done: int) -> None:
         with self.sessions.begin() as session:
@@ -175,34 +203,74 @@ class BatchAuditor:
                 .values(expenses_done=done)
             )
 
-    def _store_transactions(
-        self, condominium_id: str, records: list[BankTransactionRecord]
-    ) -> None:
-        if not records:
-            return
-        with self.sessions.begin() as session:
-            rows = [
-                {
-                    "condominium_id": condominium_id,
-                    "provider_transaction_id": r.id,
-                    "account_id": r.account_id,
-                    "date": r.date,
-                    "amount": r.amount,
-                    "description": r.description[:500],
-                    "type": r.type,
-                    "status": r.status,
-                    "receiver_document": r.receiver_document,
-                }
-                for r in records
-            ]
-            dialect = session.get_bind().dialect.name
-            insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            # One statement executed with many parameter sets: compiled once and cached, sent
-            # as multi-row batches (a statement with the rows in .values() compiles per call).
-            statement = insert(TRANSACTIONS_TABLE).on_conflict_do_nothing(
-                index_elements=["condominium_id", "provider_transaction_id"]
-            )
-            session.connection().execute(statement, rows)
+
+# PostgreSQL takes a batch's rows as one array per column: one short statement whatever the
+# row count, parsed and planned once per connection (psycopg prepares it), where a multi-row
+# VALUES list is a new query text per size and executemany a statement per row.
+PG_STORE_TRANSACTIONS = text(
+    "INSERT INTO bank_transactions (condominium_id, provider_transaction_id, account_id, "
+    "date, amount, description, type, status, receiver_document) "
+    "SELECT :condominium_id, * FROM unnest(CAST(:ids AS varchar[]), "
+    "CAST(:account_ids AS varchar[]), CAST(:dates AS date[]), CAST(:amounts AS numeric[]), "
+    "CAST(:descriptions AS varchar[]), CAST(:types AS varchar[]), "
+    "CAST(:statuses AS varchar[]), CAST(:receivers AS varchar[])) "
+    "ON CONFLICT (condominium_id, provider_transaction_id) DO NOTHING"
+)
+PG_STORE_MATCHES = text(
+    "UPDATE bank_transactions SET matched_expense_id = m.expense_id "
+    "FROM unnest(CAST(:transaction_ids AS varchar[]), CAST(:expense_ids AS integer[])) "
+    "AS m(transaction_id, expense_id) "
+    "WHERE bank_transactions.condominium_id = :condominium_id "
+    "AND bank_transactions.provider_transaction_id = m.transaction_id"
+)
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def store_transactions(
+    session: Session, condominium_id: str, records: list[BankTransactionRecord]
+) -> None:
+    """Store the fetched transactions, skipping those already stored, in the transaction
+    that reads the candidates."""
+    if not records:
+        return
+    if is_postgresql(session):
+        session.execute(
+            PG_STORE_TRANSACTIONS,
+            {
+                "condominium_id": condominium_id,
+                "ids": [r.id for r in records],
+                "account_ids": [r.account_id for r in records],
+                "dates": [r.date for r in records],
+                "amounts": [r.amount for r in records],
+                "descriptions": [r.description[:500] for r in records],
+                "types": [r.type for r in records],
+                "statuses": [r.status for r in records],
+                "receivers": [r.receiver_document for r in records],
+            },
+        )
+        return
+    rows = [
+        {
+            "condominium_id": condominium_id,
+            "provider_transaction_id": r.id,
+            "account_id": r.account_id,
+            "date": r.date,
+            "amount": r.amount,
+            "description": r.description[:500],
+            "type": r.type,
+            "status": r.status,
+            "receiver_document": r.receiver_document,
+        }
+        for r in records
+    ]
+    # One statement executed with many parameter sets (SQLite runs in the process).
+    statement = sqlite_insert(TRANSACTIONS_TABLE).on_conflict_do_nothing(
+        index_elements=["condominium_id", "provider_transaction_id"]
+    )
+    session.execute(statement, rows)
 
 
 def load_work(session: Session, batch: Batch) -> BatchWork:
@@ -222,6 +290,7 @@ def load_work(session: Session, batch: Batch) -> BatchWork:
         account_id=account_id,
         settings=RuleSettings.from_stored(stored),
         expenses=[ExpenseFacts(*row) for row in rows],
+        registrations={},
     )
 
 
@@ -305,6 +374,17 @@ def summarize(findings: Iterable[FindingDraft]) -> dict[str, Any]:
     }
 
 
+def clear_matches_statement(expense_ids: list[int]) -> Update:
+    """Unpair the debits paired with these expenses: probes of the matched_expense_id index,
+    the batch's earlier matches only."""
+    table = TRANSACTIONS_TABLE
+    return (
+        update(table)
+        .where(table.c.matched_expense_id.in_(expense_ids))
+        .values(matched_expense_id=None)
+    )
+
+
 def store_result(
     session: Session,
     batch_id: str,
@@ -316,14 +396,17 @@ def store_result(
     table = TRANSACTIONS_TABLE
     session.execute(delete(FINDINGS_TABLE).where(FINDINGS_TABLE.c.batch_id == batch_id))
     if expenses:
-        # Served by the matched_expense_id index: the batch's earlier matches only.
+        session.execute(clear_matches_statement([e.expense_id for e in expenses]))
+    if result.matches and is_postgresql(session):
         session.execute(
-            update(table)
-            .where(table.c.matched_expense_id.in_([e.expense_id for e in expenses]))
-            .values(matched_expense_id=None)
+            PG_STORE_MATCHES,
+            {
+                "condominium_id": condominium_id,
+                "transaction_ids": list(result.matches.values()),
+                "expense_ids": list(result.matches.keys()),
+            },
         )
-    if result.matches:
-        # One executemany (pipelined by psycopg), not a round trip per matched expense.
+    elif result.matches:
         session.execute(
             update(table)
             .where(
@@ -338,6 +421,7 @@ def store_result(
         )
     if result.findings:
         now = dt.datetime.now(dt.UTC)
+        # One executemany, pipelined by psycopg: one round trip.
         session.execute(
             insert(FINDINGS_TABLE),
             [

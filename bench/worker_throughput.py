@@ -50,7 +50,9 @@ NO_LIMITS = ProviderLimits(
 )
 
 
-def start_profiler(worker_pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
+def start_profiler(
+    worker_pid: int, out: Path | None, *, gil: bool = False
+) -> subprocess.Popen[bytes] | None:
     """py-spy on the worker's one prefork child, the process that runs the tasks."""
     if out is None:
         return None
@@ -60,7 +62,7 @@ def start_profiler(worker_pid: int, out: Path | None) -> subprocess.Popen[bytes]
         if time.monotonic() > deadline:
             raise TimeoutError("the worker started no pool process")
         time.sleep(0.05)
-    return profiling.start(int(children[0]), out)
+    return profiling.start(int(children[0]), out, gil=gil)
 
 
 def wait_until_done(database_url: str, count: int, timeout: float) -> None:
@@ -85,6 +87,11 @@ def main() -> None:
         "--profile",
         type=Path,
         help="record the worker process with py-spy while it drains (collapsed stacks here)",
+    )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="with --profile: only samples holding the GIL (the Python CPU, not the waits)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
@@ -113,7 +120,7 @@ def main() -> None:
             api = platform.processes.pop()
             api.stop()
             platform.start_workers(1, 1, include=["bench.noop_task"])
-            profiler = start_profiler(platform.processes[-1].pid, args.profile)
+            profiler = start_profiler(platform.processes[-1].pid, args.profile, gil=args.gil)
             wait_until_done(platform.database.url, args.batches, 600)
             profiling.stop(profiler)
             with session_scope(platform.database.url) as session:

@@ -36,7 +36,6 @@ from audit import lifecycle
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.observability import metrics
 from audit.observability.tracing import attempt_scope
-from audit.pipeline import load_work
 from audit.providers.base import (
     ProviderCircuitOpen,
     ProviderError,
@@ -178,7 +177,7 @@ def audit_batch(task: Task, rt: WorkerRuntime, batch_id: str) -> tuple[dict[str,
             log.info("batch %s is unknown or already finished; nothing to do", batch_id)
             return {"batch_id": batch_id, "skipped": True}, "skipped"
         attempt = batch.failed_attempts + 1
-        work = load_work(session, batch)  # in the same transaction: one round trip fewer
+        work = rt.auditor.load(session, batch)  # in the same transaction: fewer round trips
     span.set_attribute("retry.attempt", attempt)
     try:
         with attempt_scope(attempt):
