@@ -14,6 +14,7 @@ window (migration 0005).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -204,16 +205,17 @@ class BatchAuditor:
             )
 
 
-# PostgreSQL takes a batch's rows as one array per column: one short statement whatever the
+# PostgreSQL takes a batch's bank rows as one JSON document: one short statement whatever the
 # row count, parsed and planned once per connection (psycopg prepares it), where a multi-row
-# VALUES list is a new query text per size and executemany a statement per row.
+# VALUES list is a new query text per size, executemany a statement per row, and arrays a
+# Python dump per element (json.dumps encodes in C).
 PG_STORE_TRANSACTIONS = text(
     "INSERT INTO bank_transactions (condominium_id, provider_transaction_id, account_id, "
     "date, amount, description, type, status, receiver_document) "
-    "SELECT :condominium_id, * FROM unnest(CAST(:ids AS varchar[]), "
-    "CAST(:account_ids AS varchar[]), CAST(:dates AS date[]), CAST(:amounts AS numeric[]), "
-    "CAST(:descriptions AS varchar[]), CAST(:types AS varchar[]), "
-    "CAST(:statuses AS varchar[]), CAST(:receivers AS varchar[])) "
+    "SELECT :condominium_id, r.id, r.account_id, r.date, r.amount, r.description, r.type, "
+    "r.status, r.receiver_document FROM json_to_recordset(CAST(:rows AS json)) AS r("
+    "id varchar, account_id varchar, date date, amount numeric, description varchar, "
+    "type varchar, status varchar, receiver_document varchar) "
     "ON CONFLICT (condominium_id, provider_transaction_id) DO NOTHING"
 )
 PG_STORE_MATCHES = text(
@@ -237,19 +239,22 @@ def store_transactions(
     if not records:
         return
     if is_postgresql(session):
+        document = [
+            {
+                "id": r.id,
+                "account_id": r.account_id,
+                "date": r.date.isoformat(),
+                "amount": str(r.amount),
+                "description": r.description[:500],
+                "type": r.type,
+                "status": r.status,
+                "receiver_document": r.receiver_document,
+            }
+            for r in records
+        ]
         session.execute(
             PG_STORE_TRANSACTIONS,
-            {
-                "condominium_id": condominium_id,
-                "ids": [r.id for r in records],
-                "account_ids": [r.account_id for r in records],
-                "dates": [r.date for r in records],
-                "amounts": [r.amount for r in records],
-                "descriptions": [r.description[:500] for r in records],
-                "types": [r.type for r in records],
-                "statuses": [r.status for r in records],
-                "receivers": [r.receiver_document for r in records],
-            },
+            {"condominium_id": condominium_id, "rows": json.dumps(document, separators=(",", ":"))},
         )
         return
     rows = [
