@@ -98,7 +98,9 @@ class BatchWork:
     tenant_id: str
     condominium_id: str
     account_id: str | None
-    settings: RuleSettings
+    # As stored: validated by `audit`, outside the transaction that marks the batch started,
+    # so that settings the rules reject fail the run with the start already recorded.
+    stored_settings: dict[str, Any] | None
     expenses: list[ExpenseFacts]
     registrations: dict[str, Registration]
 
@@ -135,7 +137,8 @@ class BatchAuditor:
     def audit(self, work: BatchWork) -> AuditOutcome:
         """Call the providers, then store their answers, evaluate and store the result in
         one transaction."""
-        expenses, settings = work.expenses, work.settings
+        expenses = work.expenses
+        settings = RuleSettings.from_stored(work.stored_settings)
         bank_data_available = False
         records: list[BankTransactionRecord] = []
         with requests_for(work.tenant_id):  # provider budgets are shared fairly between tenants
@@ -293,7 +296,7 @@ def load_work(session: Session, batch: Batch) -> BatchWork:
         tenant_id=batch.tenant_id,
         condominium_id=batch.condominium_id,
         account_id=account_id,
-        settings=RuleSettings.from_stored(stored),
+        stored_settings=stored,
         expenses=[ExpenseFacts(*row) for row in rows],
         registrations={},
     )

@@ -1,18 +1,29 @@
 """What the worker reads and writes for a batch, on SQLite and PostgreSQL alike (PostgreSQL
-takes the bank rows and the matches as arrays, SQLite as executemany)."""
+takes the bank rows as one JSON document and the matches as arrays, SQLite executemany)."""
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import cast
 
+import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from audit.auth import create_tenant
 from audit.batches import ExpenseInput, findings_summary, submit_batch
-from audit.db import session_scope
+from audit.db import session_factory, session_scope
 from audit.models import BankTransaction, Batch, Condominium
-from audit.pipeline import load_history, load_work, store_result, store_transactions, summarize
+from audit.pipeline import (
+    BatchAuditor,
+    SupplierSource,
+    load_history,
+    load_work,
+    store_result,
+    store_transactions,
+    summarize,
+)
 from audit.providers.base import BankTransactionRecord
 from audit.rules import BatchEvaluation, FindingDraft, RuleCode, Severity, fingerprint
 
@@ -156,3 +167,21 @@ def test_history_is_the_condominium_s_other_batches_within_the_window(database_u
             for e in load_work(session, session.get_one(Batch, b)).expenses
         }
     assert sorted(batches[h.expense_id] for h in history) == sorted([recent, later])
+
+
+def test_settings_the_rules_reject_fail_the_audit_not_the_start(database_url: str) -> None:
+    """The worker reads the batch in the transaction that marks it started; settings that do
+    not validate must not undo that start: the audit, after it, rejects them."""
+    tenant_id, condominium_id = setup(database_url)
+    with session_scope(database_url) as session:
+        stored = session.get_one(Condominium, condominium_id)
+        stored.audit_settings = {"match_window_days": 9999}
+    batch_id = submit(database_url, condominium_id, tenant_id, [DAY])
+    with session_scope(database_url) as session:
+        work = load_work(session, session.get_one(Batch, batch_id))
+    assert work.stored_settings == {"match_window_days": 9999}
+    auditor = BatchAuditor(
+        session_factory(database_url), cast(SupplierSource, object()), transactions=None
+    )
+    with pytest.raises(ValidationError, match="match_window_days"):
+        auditor.audit(work)
