@@ -116,6 +116,8 @@ class Expense(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "external_id"),
         Index("ix_expenses_condominium_id_supplier_cnpj", "condominium_id", "supplier_cnpj"),
+        # The history rules' window: one range per batch, however long the history (0005).
+        Index("ix_expenses_condominium_id_expense_date", "condominium_id", "expense_date"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -151,7 +153,8 @@ class BankTransaction(Base):
     type: Mapped[str] = mapped_column(String(10))
     status: Mapped[str] = mapped_column(String(10))
     receiver_document: Mapped[str | None] = mapped_column(String(14))
-    matched_expense_id: Mapped[int | None] = mapped_column(ForeignKey("expenses.id"))
+    # Indexed (0005): a re-run clears its batch's earlier matches without a table scan.
+    matched_expense_id: Mapped[int | None] = mapped_column(ForeignKey("expenses.id"), index=True)
 
 
 class SupplierRegistration(Base):

@@ -2,41 +2,113 @@
 
 Provider errors propagate to the caller (the Celery task), which owns retries. Storing the
 findings replaces the batch's earlier ones in one transaction, so any re-run is idempotent.
+
+A batch costs a fixed number of round trips whatever its size or the condominium's history:
+the batch, its settings and its cached suppliers are read in the transaction that marks it
+started; the fetched transactions, the evaluation and the result in one more. Core
+statements read the columns the rules need (no ORM objects to build), multi-row writes are
+one statement, and every history or candidate query is bounded by an index and a date
+window (migration 0005).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, Table, bindparam, delete, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import (
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from audit.auditlog import AuditEvent, AuditLogService
-from audit.batches import BatchStatus, findings_summary
+from audit.batches import BatchStatus
 from audit.models import BankTransaction, Batch, Condominium, Expense, Finding
 from audit.providers.base import BankTransactionRecord, Registration, TransactionSource
 from audit.ratelimit import requests_for
-from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings, evaluate
+from audit.rules import BatchEvaluation, ExpenseFacts, FindingDraft, RuleSettings, evaluate
 from audit.webhooks import EventType
 from audit.webhooks.outbox import record_batch_event
 
 HISTORY_DAYS = 365
-# Core statements run executemany on the table (ORM bulk statements would want primary keys).
+# Core statements on the tables: executemany and plain rows, no ORM bookkeeping per row.
 TRANSACTIONS_TABLE = cast(Table, BankTransaction.__table__)
+EXPENSES_TABLE = cast(Table, Expense.__table__)
+FINDINGS_TABLE = cast(Table, Finding.__table__)
+BATCHES_TABLE = cast(Table, Batch.__table__)
+# The columns an ExpenseFacts is built from, in its field order.
+FACT_COLUMNS = (
+    Expense.id,
+    Expense.condominium_id,
+    Expense.external_id,
+    Expense.supplier_cnpj,
+    Expense.amount,
+    Expense.expense_date,
+    Expense.description,
+    Expense.category,
+    Expense.invoice_number,
+)
+TRANSACTION_COLUMNS = (
+    BankTransaction.provider_transaction_id,
+    BankTransaction.account_id,
+    BankTransaction.date,
+    BankTransaction.description,
+    BankTransaction.amount,
+    BankTransaction.type,
+    BankTransaction.status,
+    BankTransaction.receiver_document,
+)
 
 
 class SupplierSource(Protocol):
+    def cached(
+        self, cnpjs: Iterable[str], session: Session | None = None
+    ) -> dict[str, Registration]: ...
+
     def get_many(
         self,
         cnpjs: Iterable[str],
         on_lookup: Callable[[dict[str, Registration]], None] | None = None,
+        known: dict[str, Registration] | None = None,
     ) -> dict[str, Registration]: ...
+
+
+@dataclass(frozen=True)
+class BatchWork:
+    """What a run reads before calling the providers: the batch, its condominium's settings,
+    its expenses and the registrations of its suppliers already in the cache."""
+
+    batch_id: str
+    tenant_id: str
+    condominium_id: str
+    account_id: str | None
+    # As stored: validated by `audit`, outside the transaction that marks the batch started,
+    # so that settings the rules reject fail the run with the start already recorded.
+    stored_settings: dict[str, Any] | None
+    expenses: list[ExpenseFacts]
+    registrations: dict[str, Registration]
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    summary: dict[str, Any]
+    deliveries: int  # webhook outbox rows written with the SUCCESS status (0: none to publish)
 
 
 @dataclass
@@ -47,32 +119,43 @@ class BatchAuditor:
     progress_interval_seconds: float = 0.5
     clock: Callable[[], float] = time.monotonic
 
-    def run(self, batch_id: str) -> dict[str, Any]:
+    def run(self, batch_id: str) -> AuditOutcome:
+        """Read the batch in a transaction of its own, then audit it (see `audit`)."""
         with self.sessions.begin() as session:
             batch = session.get(Batch, batch_id)
             assert batch is not None
-            condominium = session.get(Condominium, batch.condominium_id)
-            assert condominium is not None
-            expenses = [facts_of(e) for e in batch.expenses]
-            settings = RuleSettings.from_stored(condominium.audit_settings)
-            account_id = condominium.pluggy_account_id
-            condominium_id = condominium.id
-            tenant_id = batch.tenant_id
+            work = self.load(session, batch)
+        return self.audit(work)
 
+    def load(self, session: Session, batch: Batch) -> BatchWork:
+        """Everything the run reads before the providers, in the caller's transaction (the
+        worker's, that marks the batch started)."""
+        work = load_work(session, batch)
+        cnpjs = {e.supplier_cnpj for e in work.expenses}
+        return replace(work, registrations=self.suppliers.cached(cnpjs, session))
+
+    def audit(self, work: BatchWork) -> AuditOutcome:
+        """Call the providers, then store their answers, evaluate and store the result in
+        one transaction."""
+        expenses = work.expenses
+        settings = RuleSettings.from_stored(work.stored_settings)
         bank_data_available = False
-        with requests_for(tenant_id):  # provider budgets are shared fairly between tenants
-            registrations = self._resolve_suppliers(batch_id, expenses)
-            if account_id and self.transactions is not None and expenses:
+        records: list[BankTransactionRecord] = []
+        with requests_for(work.tenant_id):  # provider budgets are shared fairly between tenants
+            registrations = self._resolve_suppliers(work, expenses)
+            if work.account_id and self.transactions is not None and expenses:
                 window = dt.timedelta(settings.match_window_days)
                 start = min(e.expense_date for e in expenses) - window
                 end = max(e.expense_date for e in expenses) + window
-                records = self.transactions.fetch(account_id, start, end)
-                self._store_transactions(condominium_id, records)
+                records = self.transactions.fetch(work.account_id, start, end)
                 bank_data_available = True
 
         with self.sessions.begin() as session:
-            transactions = load_transactions(session, condominium_id, batch_id, expenses, settings)
-            history = load_history(session, condominium_id, batch_id, expenses)
+            store_transactions(session, work.condominium_id, records)
+            transactions = load_transactions(
+                session, work.condominium_id, work.batch_id, expenses, settings
+            )
+            history = load_history(session, work.condominium_id, work.batch_id, expenses)
             result = evaluate(
                 expenses,
                 registrations,
@@ -81,11 +164,11 @@ class BatchAuditor:
                 settings,
                 bank_data_available=bank_data_available,
             )
-            store_result(session, batch_id, condominium_id, result)
-            summary = findings_summary(session, batch_id)
+            store_result(session, work.batch_id, work.condominium_id, result, expenses)
+            summary = summarize(result.findings)
             session.execute(
-                update(Batch)
-                .where(Batch.id == batch_id)
+                update(BATCHES_TABLE)
+                .where(BATCHES_TABLE.c.id == work.batch_id)
                 .values(
                     status=BatchStatus.SUCCESS,
                     expenses_done=len(expenses),
@@ -94,13 +177,13 @@ class BatchAuditor:
                     finished_at=dt.datetime.now(dt.UTC),
                 )
             )
-            AuditLogService(session).record(batch_id, AuditEvent.FINISHED, **summary)
+            AuditLogService(session).record(work.batch_id, AuditEvent.FINISHED, **summary)
             # The webhook outbox, in the transaction that records the status.
-            record_batch_event(session, batch_id, EventType.BATCH_SUCCEEDED)
-        return summary
+            deliveries = record_batch_event(session, work.batch_id, EventType.BATCH_SUCCEEDED)
+        return AuditOutcome(summary=summary, deliveries=deliveries)
 
     def _resolve_suppliers(
-        self, batch_id: str, expenses: list[ExpenseFacts]
+        self, work: BatchWork, expenses: list[ExpenseFacts]
     ) -> dict[str, Registration]:
         """Look every supplier up once, reporting progress as expenses become resolvable."""
         per_supplier: dict[str, int] = {}
@@ -111,83 +194,138 @@ class BatchAuditor:
         def report(resolved: dict[str, Registration]) -> None:
             nonlocal last_report
             if self.clock() - last_report >= self.progress_interval_seconds:
-                self._report_progress(batch_id, sum(per_supplier[c] for c in resolved))
+                self._report_progress(work.batch_id, sum(per_supplier[c] for c in resolved))
                 last_report = self.clock()
 
-        return self.suppliers.get_many(per_supplier, on_lookup=report)
+        return self.suppliers.get_many(per_supplier, on_lookup=report, known=work.registrations)
 
     def _report_progress(self, batch_id: str, done: int) -> None:
         with self.sessions.begin() as session:
-            session.execute(update(Batch).where(Batch.id == batch_id).values(expenses_done=done))
-
-    def _store_transactions(
-        self, condominium_id: str, records: list[BankTransactionRecord]
-    ) -> None:
-        if not records:
-            return
-        with self.sessions.begin() as session:
-            rows = [
-                {
-                    "condominium_id": condominium_id,
-                    "provider_transaction_id": r.id,
-                    "account_id": r.account_id,
-                    "date": r.date,
-                    "amount": r.amount,
-                    "description": r.description[:500],
-                    "type": r.type,
-                    "status": r.status,
-                    "receiver_document": r.receiver_document,
-                }
-                for r in records
-            ]
-            dialect = session.get_bind().dialect.name
-            insert = pg_insert if dialect == "postgresql" else sqlite_insert
-            # One statement executed with many parameter sets: compiled once and cached, sent
-            # as multi-row batches (a statement with the rows in .values() compiles per call).
-            statement = insert(TRANSACTIONS_TABLE).on_conflict_do_nothing(
-                index_elements=["condominium_id", "provider_transaction_id"]
+            session.execute(
+                update(BATCHES_TABLE)
+                .where(BATCHES_TABLE.c.id == batch_id)
+                .values(expenses_done=done)
             )
-            session.connection().execute(statement, rows)
 
 
-def facts_of(expense: Expense) -> ExpenseFacts:
-    return ExpenseFacts(
-        expense_id=expense.id,
-        condominium_id=expense.condominium_id,
-        external_id=expense.external_id,
-        supplier_cnpj=expense.supplier_cnpj,
-        amount=expense.amount,
-        expense_date=expense.expense_date,
-        description=expense.description,
-        category=expense.category,
-        invoice_number=expense.invoice_number,
+# PostgreSQL takes a batch's bank rows as one JSON document: one short statement whatever the
+# row count, parsed and planned once per connection (psycopg prepares it), where a multi-row
+# VALUES list is a new query text per size, executemany a statement per row, and arrays a
+# Python dump per element (json.dumps encodes in C).
+PG_STORE_TRANSACTIONS = text(
+    "INSERT INTO bank_transactions (condominium_id, provider_transaction_id, account_id, "
+    "date, amount, description, type, status, receiver_document) "
+    "SELECT :condominium_id, r.id, r.account_id, r.date, r.amount, r.description, r.type, "
+    "r.status, r.receiver_document FROM json_to_recordset(CAST(:rows AS json)) AS r("
+    "id varchar, account_id varchar, date date, amount numeric, description varchar, "
+    "type varchar, status varchar, receiver_document varchar) "
+    "ON CONFLICT (condominium_id, provider_transaction_id) DO NOTHING"
+)
+PG_STORE_MATCHES = text(
+    "UPDATE bank_transactions SET matched_expense_id = m.expense_id "
+    "FROM unnest(CAST(:transaction_ids AS varchar[]), CAST(:expense_ids AS integer[])) "
+    "AS m(transaction_id, expense_id) "
+    "WHERE bank_transactions.condominium_id = :condominium_id "
+    "AND bank_transactions.provider_transaction_id = m.transaction_id"
+)
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def store_transactions(
+    session: Session, condominium_id: str, records: list[BankTransactionRecord]
+) -> None:
+    """Store the fetched transactions, skipping those already stored, in the transaction
+    that reads the candidates."""
+    if not records:
+        return
+    if is_postgresql(session):
+        document = [
+            {
+                "id": r.id,
+                "account_id": r.account_id,
+                "date": r.date.isoformat(),
+                "amount": str(r.amount),
+                "description": r.description[:500],
+                "type": r.type,
+                "status": r.status,
+                "receiver_document": r.receiver_document,
+            }
+            for r in records
+        ]
+        session.execute(
+            PG_STORE_TRANSACTIONS,
+            {"condominium_id": condominium_id, "rows": json.dumps(document, separators=(",", ":"))},
+        )
+        return
+    rows = [
+        {
+            "condominium_id": condominium_id,
+            "provider_transaction_id": r.id,
+            "account_id": r.account_id,
+            "date": r.date,
+            "amount": r.amount,
+            "description": r.description[:500],
+            "type": r.type,
+            "status": r.status,
+            "receiver_document": r.receiver_document,
+        }
+        for r in records
+    ]
+    # One statement executed with many parameter sets (SQLite runs in the process).
+    statement = sqlite_insert(TRANSACTIONS_TABLE).on_conflict_do_nothing(
+        index_elements=["condominium_id", "provider_transaction_id"]
+    )
+    session.execute(statement, rows)
+
+
+def load_work(session: Session, batch: Batch) -> BatchWork:
+    """The batch's condominium settings and expenses, as plain values (two Core selects)."""
+    account_id, stored = session.execute(
+        select(Condominium.pluggy_account_id, Condominium.audit_settings).where(
+            Condominium.id == batch.condominium_id
+        )
+    ).one()
+    rows = session.execute(
+        select(*FACT_COLUMNS).where(Expense.batch_id == batch.id).order_by(Expense.id)
+    )
+    return BatchWork(
+        batch_id=batch.id,
+        tenant_id=batch.tenant_id,
+        condominium_id=batch.condominium_id,
+        account_id=account_id,
+        stored_settings=stored,
+        expenses=[ExpenseFacts(*row) for row in rows],
+        registrations={},
     )
 
 
 def candidate_transactions_query(
     condominium_id: str,
     batch_id: str,
-    expenses: list[ExpenseFacts],
+    expenses: Sequence[ExpenseFacts],
     settings: RuleSettings,
-) -> Select[BankTransaction]:
+) -> Select[*tuple[Any, ...]]:
     """Transactions that could pay one of the batch's expenses: within the date window and of
     an expense's amount (debits carry Pluggy's negative sign), served by the (date, amount)
-    index, and not already taken by another batch's expense."""
+    index, and not already taken by another batch's expense (a primary-key probe per
+    candidate, not a scan of the condominium's expenses)."""
     window = dt.timedelta(days=settings.match_window_days)
     start = min(e.expense_date for e in expenses) - window
     end = max(e.expense_date for e in expenses) + window
     amounts = {e.amount for e in expenses} | {-e.amount for e in expenses}
-    taken_elsewhere = select(Expense.id).where(
-        Expense.condominium_id == condominium_id, Expense.batch_id != batch_id
+    taken_elsewhere = exists().where(
+        Expense.id == BankTransaction.matched_expense_id,
+        Expense.condominium_id == condominium_id,
+        Expense.batch_id != batch_id,
     )
-    return select(BankTransaction).where(
+    return select(*TRANSACTION_COLUMNS).where(
         BankTransaction.date.between(start, end),
         BankTransaction.amount.in_(sorted(amounts)),
         BankTransaction.condominium_id == condominium_id,
-        or_(
-            BankTransaction.matched_expense_id.is_(None),
-            BankTransaction.matched_expense_id.not_in(taken_elsewhere),
-        ),
+        or_(BankTransaction.matched_expense_id.is_(None), ~taken_elsewhere),
     )
 
 
@@ -195,61 +333,89 @@ def load_transactions(
     session: Session,
     condominium_id: str,
     batch_id: str,
-    expenses: list[ExpenseFacts],
+    expenses: Sequence[ExpenseFacts],
     settings: RuleSettings,
 ) -> list[BankTransactionRecord]:
     if not expenses:
         return []
-    rows = session.scalars(
+    rows = session.execute(
         candidate_transactions_query(condominium_id, batch_id, expenses, settings)
     )
-    return [
-        BankTransactionRecord(
-            id=row.provider_transaction_id,
-            account_id=row.account_id,
-            date=row.date,
-            description=row.description,
-            amount=row.amount,
-            type=row.type,
-            status=row.status,
-            receiver_document=row.receiver_document,
-        )
-        for row in rows
-    ]
+    return [BankTransactionRecord(*row) for row in rows]
+
+
+def history_query(
+    condominium_id: str, batch_id: str, expenses: Sequence[ExpenseFacts]
+) -> Select[*tuple[Any, ...]]:
+    """The condominium's expenses from other batches since HISTORY_DAYS before the batch's
+    first one: a range on the (condominium_id, expense_date) index, whatever the history."""
+    since = min(e.expense_date for e in expenses) - dt.timedelta(days=HISTORY_DAYS)
+    return select(*FACT_COLUMNS).where(
+        Expense.condominium_id == condominium_id,
+        Expense.expense_date >= since,
+        Expense.batch_id != batch_id,
+    )
 
 
 def load_history(
-    session: Session, condominium_id: str, batch_id: str, expenses: list[ExpenseFacts]
+    session: Session, condominium_id: str, batch_id: str, expenses: Sequence[ExpenseFacts]
 ) -> list[ExpenseFacts]:
     """The condominium's expenses from other batches over the past year, for history rules."""
     if not expenses:
         return []
-    since = min(e.expense_date for e in expenses) - dt.timedelta(days=HISTORY_DAYS)
-    rows = session.scalars(
-        select(Expense).where(
-            Expense.condominium_id == condominium_id,
-            Expense.batch_id != batch_id,
-            Expense.expense_date >= since,
-        )
+    rows = session.execute(history_query(condominium_id, batch_id, expenses))
+    return [ExpenseFacts(*row) for row in rows]
+
+
+def summarize(findings: Iterable[FindingDraft]) -> dict[str, Any]:
+    """The batch's summary from the findings just stored (the batch has no others): the
+    shape of audit.batches.findings_summary, without reading them back."""
+    by_rule: Counter[str] = Counter()
+    by_severity: Counter[str] = Counter()
+    for finding in findings:
+        by_rule[str(finding.rule_code)] += 1
+        by_severity[str(finding.severity)] += 1
+    return {
+        "findings": sum(by_rule.values()),
+        "by_rule": dict(sorted(by_rule.items())),
+        "by_severity": dict(sorted(by_severity.items())),
+    }
+
+
+def clear_matches_statement(expense_ids: list[int]) -> Update:
+    """Unpair the debits paired with these expenses: probes of the matched_expense_id index,
+    the batch's earlier matches only."""
+    table = TRANSACTIONS_TABLE
+    return (
+        update(table)
+        .where(table.c.matched_expense_id.in_(expense_ids))
+        .values(matched_expense_id=None)
     )
-    return [facts_of(row) for row in rows]
 
 
 def store_result(
-    session: Session, batch_id: str, condominium_id: str, result: BatchEvaluation
+    session: Session,
+    batch_id: str,
+    condominium_id: str,
+    result: BatchEvaluation,
+    expenses: Sequence[ExpenseFacts],
 ) -> None:
     """Replace the batch's findings and bank matches: a re-run leaves the same rows."""
-    batch_expenses = select(Expense.id).where(Expense.batch_id == batch_id)
-    session.execute(delete(Finding).where(Finding.batch_id == batch_id))
-    session.execute(
-        update(BankTransaction)
-        .where(BankTransaction.matched_expense_id.in_(batch_expenses))
-        .values(matched_expense_id=None)
-    )
-    if result.matches:
-        # One executemany (pipelined by psycopg), not a round trip per matched expense.
-        table = TRANSACTIONS_TABLE
-        session.connection().execute(
+    table = TRANSACTIONS_TABLE
+    session.execute(delete(FINDINGS_TABLE).where(FINDINGS_TABLE.c.batch_id == batch_id))
+    if expenses:
+        session.execute(clear_matches_statement([e.expense_id for e in expenses]))
+    if result.matches and is_postgresql(session):
+        session.execute(
+            PG_STORE_MATCHES,
+            {
+                "condominium_id": condominium_id,
+                "transaction_ids": list(result.matches.values()),
+                "expense_ids": list(result.matches.keys()),
+            },
+        )
+    elif result.matches:
+        session.execute(
             update(table)
             .where(
                 table.c.condominium_id == condominium_id,
@@ -262,8 +428,10 @@ def store_result(
             ],
         )
     if result.findings:
+        now = dt.datetime.now(dt.UTC)
+        # One executemany, pipelined by psycopg: one round trip.
         session.execute(
-            insert(Finding),
+            insert(FINDINGS_TABLE),
             [
                 {
                     "batch_id": batch_id,
@@ -274,6 +442,7 @@ def store_result(
                     "message": draft.message,
                     "evidence": draft.evidence,
                     "fingerprint": draft.fingerprint,
+                    "created_at": now,
                 }
                 for draft in result.findings
             ],

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,7 +36,23 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
-def to_registration(row: SupplierRegistration) -> Registration:
+REGISTRATION_COLUMNS = (
+    SupplierRegistration.cnpj,
+    SupplierRegistration.found,
+    SupplierRegistration.provider,
+    SupplierRegistration.legal_name,
+    SupplierRegistration.status,
+    SupplierRegistration.status_date,
+    SupplierRegistration.opened_on,
+    SupplierRegistration.main_cnae,
+    SupplierRegistration.legal_nature,
+    SupplierRegistration.is_mei,
+    SupplierRegistration.is_simples,
+    SupplierRegistration.fetched_at,
+)
+
+
+def to_registration(row: SupplierRegistration | Row[*tuple[Any, ...]]) -> Registration:
     return Registration(
         cnpj=row.cnpj,
         found=row.found,
@@ -137,23 +153,29 @@ class SupplierDirectory:
             wait=min(lock_ttl, 15.0),
         )
 
-    def cached(self, cnpjs: Iterable[str]) -> dict[str, Registration]:
-        """The fresh registrations among `cnpjs` (canonical form), in one query."""
+    def cached(
+        self, cnpjs: Iterable[str], session: Session | None = None
+    ) -> dict[str, Registration]:
+        """The fresh registrations among `cnpjs` (canonical form), in one query; in the
+        caller's session when given (the worker reads them with the batch)."""
         wanted = list(dict.fromkeys(cnpjs))
         if not wanted:
             return {}
+        if session is None:
+            with self.session_factory() as own:
+                return self.cached(wanted, own)
         oldest = dt.datetime.now(dt.UTC) - self.freshness
         found: dict[str, Registration] = {}
-        with self.session_factory() as session:
-            for start in range(0, len(wanted), 500):
-                rows = session.scalars(
-                    select(SupplierRegistration).where(
-                        SupplierRegistration.cnpj.in_(wanted[start : start + 500])
-                    )
+        for start in range(0, len(wanted), 500):
+            # The columns, not ORM objects: a batch reads dozens of rows on every run.
+            rows = session.execute(
+                select(*REGISTRATION_COLUMNS).where(
+                    SupplierRegistration.cnpj.in_(wanted[start : start + 500])
                 )
-                for row in rows:
-                    if _utc(row.fetched_at) >= oldest:
-                        found[row.cnpj] = to_registration(row)
+            )
+            for row in rows:
+                if _utc(row.fetched_at) >= oldest:
+                    found[row.cnpj] = to_registration(row)
         return found
 
     def get(self, cnpj: str) -> Registration:
@@ -199,9 +221,11 @@ class SupplierDirectory:
         self,
         cnpjs: Iterable[str],
         on_lookup: Callable[[dict[str, Registration]], None] | None = None,
+        known: dict[str, Registration] | None = None,
     ) -> dict[str, Registration]:
-        """Registrations for all of `cnpjs`: one query for the known ones, then lookups,
-        calling `on_lookup` with what is resolved so far after each one (for progress).
+        """Registrations for all of `cnpjs`: one query for the known ones (unless the caller
+        read them already: `known`, from cached()), then lookups, calling `on_lookup` with
+        what is resolved so far after each one (for progress).
 
         If a lookup raises, the ones fetched before are already stored: a retry resumes.
         """
@@ -209,7 +233,10 @@ class SupplierDirectory:
             canonical = list(dict.fromkeys(normalize_cnpj(c) for c in cnpjs))
         except InvalidCNPJ as exc:
             raise ProviderRejected("suppliers", f"invalid CNPJ: {exc}") from exc
-        result = self.cached(canonical)
+        if known is None:
+            result = self.cached(canonical)
+        else:
+            result = {c: known[c] for c in canonical if c in known}
         if result:
             metrics.SUPPLIER_CACHE.labels("hit").inc(len(result))
         for cnpj in canonical:

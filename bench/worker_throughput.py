@@ -11,13 +11,17 @@ one prefork process (`--include bench.noop_task` adds the reference task) and le
 the queue: each batch does its real work (cached supplier query, one Pluggy page from the
 simulator, the rules, the findings). The rate counts the batches after the first tenth,
 from the database's started/finished times, so the process's warm-up is left out. Then
-`--noops` no-op tasks go through the same worker.
+`--noops` no-op tasks go through the same worker. Both also report the pool process's CPU
+per task (from /proc), a figure that other work on a shared machine does not inflate as it
+does wall time. `--profile FILE` records the pool process with py-spy (`--gil`: only the
+samples holding the GIL); `python -m bench.profiling FILE` summarizes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import tempfile
@@ -50,29 +54,44 @@ NO_LIMITS = ProviderLimits(
 )
 
 
-def start_profiler(worker_pid: int, out: Path | None) -> subprocess.Popen[bytes] | None:
-    """py-spy on the worker's one prefork child, the process that runs the tasks."""
-    if out is None:
-        return None
+def pool_process(worker_pid: int) -> int:
+    """The worker's one prefork child, the process that runs the tasks."""
     listing = Path(f"/proc/{worker_pid}/task/{worker_pid}/children")  # Linux, like py-spy
     deadline = time.monotonic() + 30
     while not (children := listing.read_text().split()):
         if time.monotonic() > deadline:
             raise TimeoutError("the worker started no pool process")
         time.sleep(0.05)
-    return profiling.start(int(children[0]), out)
+    return int(children[0])
 
 
-def wait_until_done(database_url: str, count: int, timeout: float) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a process so far: unlike wall time, it does not count the
+    time other work on a shared machine holds the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_profiler(
+    pid: int, out: Path | None, *, gil: bool = False
+) -> subprocess.Popen[bytes] | None:
+    """py-spy on the pool process while it drains the batches."""
+    if out is None:
+        return None
+    return profiling.start(pid, out, gil=gil)
+
+
+def wait_until_done(database_url: str, count: int, timeout: float, poll: float = 0.5) -> int:
+    """Wait until at least `count` batches finished; returns how many have."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with session_scope(database_url) as session:
             done = session.scalar(
                 select(func.count()).select_from(Batch).where(Batch.finished_at.is_not(None))
             )
-        if done == count:
-            return
-        time.sleep(0.5)
+        if done is not None and done >= count:
+            return done
+        time.sleep(poll)
     raise TimeoutError(f"{done} of {count} batches finished within {timeout:.0f}s")
 
 
@@ -85,6 +104,11 @@ def main() -> None:
         "--profile",
         type=Path,
         help="record the worker process with py-spy while it drains (collapsed stacks here)",
+    )
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="with --profile: only samples holding the GIL (the Python CPU, not the waits)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
@@ -113,8 +137,13 @@ def main() -> None:
             api = platform.processes.pop()
             api.stop()
             platform.start_workers(1, 1, include=["bench.noop_task"])
-            profiler = start_profiler(platform.processes[-1].pid, args.profile)
+            pool = pool_process(platform.processes[-1].pid)
+            profiler = start_profiler(pool, args.profile, gil=args.gil)
+            # CPU from the first tenth on, like the rate: the process's warm-up left out.
+            warm = wait_until_done(platform.database.url, args.batches // 10, 600, poll=0.05)
+            cpu_before = cpu_seconds(pool)
             wait_until_done(platform.database.url, args.batches, 600)
+            batch_cpu = (cpu_seconds(pool) - cpu_before) / (args.batches - warm)
             profiling.stop(profiler)
             with session_scope(platform.database.url) as session:
                 rows = session.execute(
@@ -130,6 +159,7 @@ def main() -> None:
 
             app = create_celery_app(Settings(redis_url=platform.redis_url))
             app.send_task(NOOP_TASK, args=["warm"], queue="audit").get(timeout=30)
+            cpu_before = cpu_seconds(pool)
             started = time.perf_counter()
             results = [
                 app.send_task(NOOP_TASK, args=[str(uuid.uuid4())], queue="audit")
@@ -137,6 +167,7 @@ def main() -> None:
             ]
             results[-1].get(timeout=300)
             noop_seconds = time.perf_counter() - started
+            noop_cpu = (cpu_seconds(pool) - cpu_before) / args.noops
             assert all(r.ready() for r in results)
         finally:
             platform.stop()
@@ -150,7 +181,9 @@ def main() -> None:
         f"from started to finished)\n"
         f"no-op task in the same worker: {noop_rate:.0f} tasks/s\n"
         f"a no-op task takes {batch_rate / noop_rate:.1%} of a batch's time: the rest is the "
-        f"audit (target >= 1,000 expenses/s)"
+        f"audit (target >= 3,000 expenses/s)\n"
+        f"worker process CPU: {batch_cpu * 1000:.1f} ms a batch (after the first tenth), "
+        f"{noop_cpu * 1000:.2f} ms a no-op task ({noop_cpu / batch_cpu:.1%} of a batch)"
     )
 
 

@@ -177,10 +177,11 @@ def audit_batch(task: Task, rt: WorkerRuntime, batch_id: str) -> tuple[dict[str,
             log.info("batch %s is unknown or already finished; nothing to do", batch_id)
             return {"batch_id": batch_id, "skipped": True}, "skipped"
         attempt = batch.failed_attempts + 1
+        work = rt.auditor.load(session, batch)  # in the same transaction: fewer round trips
     span.set_attribute("retry.attempt", attempt)
     try:
         with attempt_scope(attempt):
-            summary = rt.auditor.run(batch_id)
+            outcome = rt.auditor.audit(work)
     except RateLimitWait as wait:
         # Waiting for budget is not a failure: reschedule without counting an attempt.
         with rt.sessions.begin() as session:
@@ -202,8 +203,9 @@ def audit_batch(task: Task, rt: WorkerRuntime, batch_id: str) -> tuple[dict[str,
         retry_later(task, countdown)
     except ProviderError as error:
         count_failure(task, rt, batch_id, error.provider, str(error), retry_reason(error))
-    publish_new_for_batch(rt.sessions, batch_id)  # the outbox rows committed with SUCCESS
-    return {"batch_id": batch_id, **summary}, "success"
+    if outcome.deliveries:
+        publish_new_for_batch(rt.sessions, batch_id)  # the outbox rows committed with SUCCESS
+    return {"batch_id": batch_id, **outcome.summary}, "success"
 
 
 def wait_for_provider(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from audit.providers.base import BankTransactionRecord, Registration
 from audit.rules.model import ExpenseFacts, FindingDraft, RuleCode, to_cents
-from audit.rules.payments import amount_outlier, duplicate_payment, split_payment
+from audit.rules.payments import AmountPool, duplicate_payment, outlier_findings, split_payment
 from audit.rules.reconciliation import is_debit, match_transactions, no_bank_match
 from audit.rules.settings import RuleSettings, normalize_category
 from audit.rules.supplier import (
@@ -64,6 +64,8 @@ def evaluate(
             if is_debit(tx):
                 debits_by_cents[to_cents(abs(tx.amount))].append(tx)
 
+    supplier_pools: dict[tuple[str, str], AmountPool] = {}
+    category_pools: dict[tuple[str, str], AmountPool] = {}
     findings: list[FindingDraft] = []
     for expense in expenses:
         registration = registrations.get(expense.supplier_cnpj)
@@ -72,15 +74,20 @@ def evaluate(
         supplier_peers = by_supplier[(expense.condominium_id, expense.supplier_cnpj)]
         findings.extend(duplicate_payment(expense, supplier_peers, settings))
         findings.extend(split_payment(expense, supplier_peers, settings))
-        category = normalize_category(expense.category)
-        category_peers = by_category[(expense.condominium_id, category)]
-        # the category's expenses plus the supplier's in other categories, each once
-        outlier_peers = category_peers + [
-            p for p in supplier_peers if normalize_category(p.category) != category
-        ]
-        findings.extend(amount_outlier(expense, outlier_peers, settings))
+        # amount_outlier over the supplier's and the category's other expenses, each group
+        # sorted once for the batch rather than once per expense
+        supplier_key = (expense.condominium_id, expense.supplier_cnpj)
+        category_key = (expense.condominium_id, normalize_category(expense.category))
+        findings.extend(
+            outlier_findings(
+                expense,
+                pool(supplier_pools, by_supplier, supplier_key).without(expense.cents),
+                pool(category_pools, by_category, category_key).without(expense.cents),
+                settings,
+            )
+        )
         if bank_data_available:
-            candidates = debits_by_cents.get(to_cents(expense.amount), [])
+            candidates = debits_by_cents.get(expense.cents, [])
             findings.extend(no_bank_match(expense, matches, candidates, settings))
 
     position = {e.expense_id: k for k, e in enumerate(expenses)}
@@ -92,6 +99,18 @@ def evaluate(
         )
     )
     return BatchEvaluation(findings=findings, matches=matches)
+
+
+def pool(
+    pools: dict[tuple[str, str], AmountPool],
+    groups: Mapping[tuple[str, str], list[ExpenseFacts]],
+    key: tuple[str, str],
+) -> AmountPool:
+    """The group's amount pool, built on first use."""
+    found = pools.get(key)
+    if found is None:
+        found = pools[key] = AmountPool(p.cents for p in groups[key])
+    return found
 
 
 def evaluate_batch(

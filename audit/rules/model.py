@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
@@ -50,6 +50,12 @@ class ExpenseFacts:
     description: str
     category: str
     invoice_number: str | None = None
+    # to_cents(amount), once: the history rules compare it against every peer. Set on
+    # creation (a cached_property takes a lock on first use, costlier than the sum itself).
+    cents: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cents", to_cents(self.amount))
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ expenses of other suppliers or condominiums, which the rules filter out.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 from audit.rules.model import (
@@ -35,6 +38,7 @@ MAD_TO_SIGMA = Decimal("1.4826")
 MEAN_AD_TO_SIGMA = Decimal("1.2533")
 
 
+@lru_cache(maxsize=65536)
 def normalize_invoice(invoice_number: str | None) -> str | None:
     """'NF-e 000123', 'NFS-e 123' and '123' are one invoice; '000' or blank is none."""
     if invoice_number is None:
@@ -78,7 +82,7 @@ def duplicate_payment(
     batch that has a repeat gets its own finding, listing the others.
     """
     invoice = normalize_invoice(expense.invoice_number)
-    cents = to_cents(expense.amount)
+    cents = expense.cents
     repeats: list[tuple[ExpenseFacts, str, int]] = []
     for other in _others(expense, peers):
         if other.supplier_cnpj != expense.supplier_cnpj:
@@ -88,7 +92,7 @@ def duplicate_payment(
         if invoice is not None and invoice == other_invoice:
             reason = "same_invoice"
         elif (
-            to_cents(other.amount) == cents
+            other.cents == cents
             and days <= settings.duplicate_window_days
             and (invoice is None or other_invoice is None)
         ):
@@ -204,16 +208,12 @@ def _median_halves(ordered: Sequence[int]) -> int:
     return (ordered[mid - 1] + ordered[mid]) // 2
 
 
-def robust_stats(amounts: Sequence[Decimal], floor_ratio: Decimal) -> RobustStats:
-    """Median and a robust spread: 1.4826 x MAD, else 1.2533 x mean absolute deviation
-    when MAD is 0, never below floor_ratio x |median|."""
-    # Exact integer arithmetic in half-cents: a median of an even count is a half-sum.
-    halves = sorted(2 * to_cents(a) for a in amounts)
-    median_halves = _median_halves(halves)
-    deviations = sorted(abs(v - median_halves) for v in halves)
+def _robust(
+    median_halves: int, mad_halves: int, deviation_sum: int, count: int, floor_ratio: Decimal
+) -> RobustStats:
     median = Decimal(median_halves) / 200
-    mad = Decimal(_median_halves(deviations)) / 200
-    mean_ad = Decimal(sum(deviations)) / (200 * len(deviations))
+    mad = Decimal(mad_halves) / 200
+    mean_ad = Decimal(deviation_sum) / (200 * count)
     if mad > 0:
         scale, method = MAD_TO_SIGMA * mad, "mad"
     else:
@@ -222,6 +222,106 @@ def robust_stats(amounts: Sequence[Decimal], floor_ratio: Decimal) -> RobustStat
     if scale < floor:
         scale, method = floor, "median_floor"
     return RobustStats(median=median, mad=mad, mean_ad=mean_ad, scale=scale, method=method)
+
+
+def robust_stats(amounts: Sequence[Decimal], floor_ratio: Decimal) -> RobustStats:
+    """Median and a robust spread: 1.4826 x MAD, else 1.2533 x mean absolute deviation
+    when MAD is 0, never below floor_ratio x |median|.
+
+    The definition, by sorting; AmountSample gives the same figures without the sorts."""
+    # Exact integer arithmetic in half-cents: a median of an even count is a half-sum.
+    halves = sorted(2 * to_cents(a) for a in amounts)
+    median_halves = _median_halves(halves)
+    deviations = sorted(abs(v - median_halves) for v in halves)
+    return _robust(
+        median_halves, _median_halves(deviations), sum(deviations), len(halves), floor_ratio
+    )
+
+
+class AmountPool:
+    """One group's amounts (a supplier's or a category's, history and batch) as sorted
+    half-cents with prefix sums, built once per batch.
+
+    Each expense of the batch is judged against the group without itself; sorting the
+    group again for each one made the rule's cost grow with the history."""
+
+    def __init__(self, cents: Iterable[int]) -> None:
+        self.halves = sorted(2 * c for c in cents)
+        self.prefix = [0, *accumulate(self.halves)]
+
+    def without(self, cents: int | None) -> AmountSample:
+        """The group less one member of `cents` (None: the whole group)."""
+        if cents is None:
+            return AmountSample(self, None)
+        index = bisect.bisect_left(self.halves, 2 * cents)
+        if index == len(self.halves) or self.halves[index] != 2 * cents:
+            raise ValueError(f"{cents} cents is not a member of the pool")
+        return AmountSample(self, index)
+
+
+class AmountSample:
+    """A pool, possibly less one member: order statistics by index, counts by bisection,
+    so robust statistics take O(log n) (the same figures as robust_stats)."""
+
+    def __init__(self, pool: AmountPool, skip: int | None) -> None:
+        self.pool = pool
+        self.skip = skip
+        self.count = len(pool.halves) - (skip is not None)
+
+    def at(self, k: int) -> int:
+        """The k-th smallest half-cents value (0-based)."""
+        if self.skip is not None and k >= self.skip:
+            k += 1
+        return self.pool.halves[k]
+
+    def low(self) -> Decimal:
+        return Decimal(self.at(0)) / 200
+
+    def high(self) -> Decimal:
+        return Decimal(self.at(self.count - 1)) / 200
+
+    def _median(self, kth: Callable[[int], int]) -> int:
+        mid = self.count // 2
+        if self.count % 2:
+            return kth(mid)
+        return (kth(mid - 1) + kth(mid)) // 2
+
+    def _within(self, center: int, radius: int) -> int:
+        """How many values lie in [center - radius, center + radius]."""
+        halves = self.pool.halves
+        n = bisect.bisect_right(halves, center + radius) - bisect.bisect_left(
+            halves, center - radius
+        )
+        if self.skip is not None and abs(halves[self.skip] - center) <= radius:
+            n -= 1
+        return n
+
+    def _deviation(self, median: int, k: int) -> int:
+        """The k-th smallest |v - median|: the least radius holding k + 1 values."""
+        low, high = 0, max(median - self.at(0), self.at(self.count - 1) - median)
+        while low < high:
+            radius = (low + high) // 2
+            if self._within(median, radius) >= k + 1:
+                high = radius
+            else:
+                low = radius + 1
+        return low
+
+    def stats(self, floor_ratio: Decimal) -> RobustStats:
+        halves, prefix = self.pool.halves, self.pool.prefix
+        median = self._median(self.at)
+        mad = self._median(lambda k: self._deviation(median, k))
+        below = bisect.bisect_left(halves, median)
+        total = len(halves)
+        deviation_sum = (
+            median * below
+            - prefix[below]
+            + (prefix[total] - prefix[below])
+            - median * (total - below)
+        )
+        if self.skip is not None:
+            deviation_sum -= abs(halves[self.skip] - median)
+        return _robust(median, mad, deviation_sum, self.count, floor_ratio)
 
 
 def _q(value: Decimal, places: str = "0.01") -> str:
@@ -240,17 +340,31 @@ def amount_outlier(
     One finding per scope ("supplier", "category").
     """
     category = normalize_category(expense.category)
-    scopes: list[tuple[str, Callable[[ExpenseFacts], bool]]] = [
-        ("supplier", lambda p: p.supplier_cnpj == expense.supplier_cnpj),
-        ("category", lambda p: normalize_category(p.category) == category),
-    ]
     others = _others(expense, peers)
+    supplier = [p.cents for p in others if p.supplier_cnpj == expense.supplier_cnpj]
+    same_category = [p.cents for p in others if normalize_category(p.category) == category]
+    return outlier_findings(
+        expense,
+        AmountPool(supplier).without(None),
+        AmountPool(same_category).without(None),
+        settings,
+    )
+
+
+def outlier_findings(
+    expense: ExpenseFacts,
+    supplier: AmountSample,
+    category: AmountSample,
+    settings: RuleSettings,
+) -> list[FindingDraft]:
+    """amount_outlier against the expense's other expenses of its supplier and its category,
+    given as samples (the engine keeps one pool per group for the whole batch)."""
+    category_key = normalize_category(expense.category)
     findings: list[FindingDraft] = []
-    for scope, same in scopes:
-        history = [p.amount for p in others if same(p)]
-        if len(history) < settings.outlier_min_history:
+    for scope, history in (("supplier", supplier), ("category", category)):
+        if history.count < settings.outlier_min_history:
             continue
-        stats = robust_stats(history, settings.outlier_scale_floor_ratio)
+        stats = history.stats(settings.outlier_scale_floor_ratio)
         median, scale = stats.median, stats.scale
         excess = expense.amount - median
         if scale <= 0 or excess <= settings.outlier_zscore * scale:
@@ -259,17 +373,17 @@ def amount_outlier(
         what = "o fornecedor" if scope == "supplier" else f"a categoria '{expense.category}'"
         message = (
             f"Valor atípico para {what}: {brl(expense.amount)} contra mediana de "
-            f"{brl(median)} em {len(history)} despesas do condomínio "
+            f"{brl(median)} em {history.count} despesas do condomínio "
             f"(escore robusto {_q(score)}, limite {settings.outlier_zscore})."
         )
         evidence = {
             "scope": scope,
             "supplier_cnpj": expense.supplier_cnpj,
-            "category": category,
+            "category": category_key,
             "amount": money(expense.amount),
-            "history_count": len(history),
-            "history_min": money(min(history)),
-            "history_max": money(max(history)),
+            "history_count": history.count,
+            "history_min": money(history.low()),
+            "history_max": money(history.high()),
             "median": money(median),
             "mad": _q(stats.mad),
             "mean_absolute_deviation": _q(stats.mean_ad),

@@ -22,7 +22,6 @@ _NOT_DIGIT = re.compile(r"\D")
 
 
 @lru_cache(maxsize=4096)
-@lru_cache(maxsize=4096)
 def normalize_category(category: str) -> str:
     """'Manutenção ' and 'manutencao' are one category."""
     decomposed = unicodedata.normalize("NFKD", category.strip().lower())

@@ -1,0 +1,187 @@
+"""What the worker reads and writes for a batch, on SQLite and PostgreSQL alike (PostgreSQL
+takes the bank rows as one JSON document and the matches as arrays, SQLite executemany)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import cast
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from audit.auth import create_tenant
+from audit.batches import ExpenseInput, findings_summary, submit_batch
+from audit.db import session_factory, session_scope
+from audit.models import BankTransaction, Batch, Condominium
+from audit.pipeline import (
+    BatchAuditor,
+    SupplierSource,
+    load_history,
+    load_work,
+    store_result,
+    store_transactions,
+    summarize,
+)
+from audit.providers.base import BankTransactionRecord
+from audit.rules import BatchEvaluation, FindingDraft, RuleCode, Severity, fingerprint
+
+DAY = dt.date(2026, 10, 10)
+SUPPLIER = "11222333000181"
+
+
+def submit(url: str, condominium_id: str, tenant_id: str, days: list[dt.date]) -> str:
+    expenses = [
+        ExpenseInput(
+            external_id=f"e{n}",
+            supplier_cnpj=SUPPLIER,
+            amount=Decimal("100.50") + n,
+            expense_date=day,
+            description="Serviço",
+            category="manutencao",
+            invoice_number=None,
+        )
+        for n, day in enumerate(days)
+    ]
+    with session_scope(url) as session:
+        return submit_batch(session, tenant_id, condominium_id, expenses).batch.id
+
+
+def setup(url: str) -> tuple[str, str]:
+    with session_scope(url) as session:
+        tenant = create_tenant(session, "store")
+        condominium = Condominium(tenant_id=tenant.id, name="C", audit_settings={})
+        session.add(condominium)
+        session.flush()
+        return tenant.id, condominium.id
+
+
+def record(n: int, **overrides: object) -> BankTransactionRecord:
+    values: dict[str, object] = {
+        "id": f"tx{n}",
+        "account_id": "acc",
+        "date": DAY + dt.timedelta(days=n),
+        "description": f"PIX {n}",
+        "amount": -(Decimal("100.50") + n),
+        "type": "DEBIT",
+        "status": "POSTED",
+        "receiver_document": SUPPLIER if n % 2 else None,
+    }
+    values.update(overrides)
+    return BankTransactionRecord(**values)  # type: ignore[arg-type]
+
+
+def test_transactions_are_stored_once_with_every_column(database_url: str) -> None:
+    _, condominium_id = setup(database_url)
+    records = [record(n) for n in range(5)] + [record(5, description="x" * 600)]
+    with session_scope(database_url) as session:
+        store_transactions(session, condominium_id, records)
+    with session_scope(database_url) as session:
+        store_transactions(session, condominium_id, [*records, record(6)])
+        store_transactions(session, condominium_id, [])
+    with session_scope(database_url) as session:
+        rows = session.scalars(select(BankTransaction).order_by(BankTransaction.id)).all()
+        stored = [
+            BankTransactionRecord(
+                id=r.provider_transaction_id,
+                account_id=r.account_id,
+                date=r.date,
+                description=r.description,
+                amount=r.amount,
+                type=r.type,
+                status=r.status,
+                receiver_document=r.receiver_document,
+            )
+            for r in rows
+        ]
+    assert {r.condominium_id for r in rows} == {condominium_id}
+    expected = [*records[:5], record(5, description="x" * 500), record(6)]
+    assert stored == expected
+
+
+def test_a_rerun_replaces_the_batch_s_matches_and_findings(database_url: str) -> None:
+    tenant_id, condominium_id = setup(database_url)
+    batch_id = submit(database_url, condominium_id, tenant_id, [DAY, DAY, DAY])
+    with session_scope(database_url) as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
+        expenses = load_work(session, batch).expenses
+        store_transactions(session, condominium_id, [record(n) for n in range(3)])
+    first, second, third = (e.expense_id for e in expenses)
+
+    def finding(expense_id: int, code: RuleCode, severity: Severity) -> FindingDraft:
+        return FindingDraft(code, severity, "m", {}, expense_id, fingerprint(code, expense_id))
+
+    runs = [
+        BatchEvaluation(
+            findings=[
+                finding(first, RuleCode.NO_BANK_MATCH, Severity.WARNING),
+                finding(second, RuleCode.AMOUNT_OUTLIER, Severity.INFO),
+                finding(third, RuleCode.NO_BANK_MATCH, Severity.WARNING),
+            ],
+            matches={first: "tx0", second: "tx1"},
+        ),
+        BatchEvaluation(
+            findings=[finding(first, RuleCode.DUPLICATE_PAYMENT, Severity.CRITICAL)],
+            matches={third: "tx2"},
+        ),
+    ]
+    for result in runs:
+        with session_scope(database_url) as session:
+            store_result(session, batch_id, condominium_id, result, expenses)
+        with session_scope(database_url) as session:
+            matched = dict(
+                session.execute(
+                    select(
+                        BankTransaction.provider_transaction_id, BankTransaction.matched_expense_id
+                    )
+                ).all()
+            )
+            assert {k: v for k, v in matched.items() if v is not None} == {
+                tx: expense_id for expense_id, tx in result.matches.items()
+            }
+            assert findings_summary(session, batch_id) == summarize(result.findings)
+
+
+def test_history_is_the_condominium_s_other_batches_within_the_window(database_url: str) -> None:
+    tenant_id, condominium_id = setup(database_url)
+    _, other_condominium = setup(database_url)
+    old = submit(database_url, condominium_id, tenant_id, [DAY - dt.timedelta(days=400)])
+    recent = submit(database_url, condominium_id, tenant_id, [DAY - dt.timedelta(days=300)])
+    later = submit(database_url, condominium_id, tenant_id, [DAY + dt.timedelta(days=20)])
+    with session_scope(database_url) as session:
+        other_tenant = session.get(Condominium, other_condominium)
+        assert other_tenant is not None
+        other_tenant_id = other_tenant.tenant_id
+    submit(database_url, other_condominium, other_tenant_id, [DAY])
+    batch_id = submit(database_url, condominium_id, tenant_id, [DAY, DAY])
+    with session_scope(database_url) as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
+        expenses = load_work(session, batch).expenses
+        history = load_history(session, condominium_id, batch_id, expenses)
+        batches = {
+            e.expense_id: b
+            for b in (old, recent, later)
+            for e in load_work(session, session.get_one(Batch, b)).expenses
+        }
+    assert sorted(batches[h.expense_id] for h in history) == sorted([recent, later])
+
+
+def test_settings_the_rules_reject_fail_the_audit_not_the_start(database_url: str) -> None:
+    """The worker reads the batch in the transaction that marks it started; settings that do
+    not validate must not undo that start: the audit, after it, rejects them."""
+    tenant_id, condominium_id = setup(database_url)
+    with session_scope(database_url) as session:
+        stored = session.get_one(Condominium, condominium_id)
+        stored.audit_settings = {"match_window_days": 9999}
+    batch_id = submit(database_url, condominium_id, tenant_id, [DAY])
+    with session_scope(database_url) as session:
+        work = load_work(session, session.get_one(Batch, batch_id))
+    assert work.stored_settings == {"match_window_days": 9999}
+    auditor = BatchAuditor(
+        session_factory(database_url), cast(SupplierSource, object()), transactions=None
+    )
+    with pytest.raises(ValidationError, match="match_window_days"):
+        auditor.audit(work)
