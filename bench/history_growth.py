@@ -122,7 +122,7 @@ def expenses_of(month: CondominiumMonth) -> list[ExpenseInput]:
 
 def submit(database_url: str, tenant_id: str, condominium_id: str, month: CondominiumMonth) -> str:
     with session_scope(database_url) as session:
-        return submit_batch(session, tenant_id, condominium_id, expenses_of(month)).batch.id
+        return submit_batch(session, tenant_id, condominium_id, expenses_of(month)).batch_id
 
 
 def fill_others(database_url: str, tenant_id: str, others: int, months: int) -> None:

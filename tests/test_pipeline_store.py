@@ -45,7 +45,7 @@ def submit(url: str, condominium_id: str, tenant_id: str, days: list[dt.date]) -
         for n, day in enumerate(days)
     ]
     with session_scope(url) as session:
-        return submit_batch(session, tenant_id, condominium_id, expenses).batch.id
+        return submit_batch(session, tenant_id, condominium_id, expenses).batch_id
 
 
 def setup(url: str) -> tuple[str, str]:
