@@ -101,7 +101,7 @@ PROFILES = {
         workers=2,
         concurrency=3,
         poll_seconds=2.0,
-        slo=slo.Slo(post_p95_ms=100.0, post_p99_ms=200.0),
+        slo=slo.Slo(post_p99_ms=200.0),
     ),
 }
 
@@ -287,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             locust_seconds = time.monotonic() - locust_started
             with httpx.Client(timeout=10) as client:
                 simulator = client.get(f"{platform.simulator_url}/_sim/stats").json()
+                # The API's own latency histograms, beside what locust measured as a client.
+                (out / "api-metrics.txt").write_text(
+                    client.get(f"{platform.api_url}/metrics").text, encoding="utf-8"
+                )
         finally:
             for process in platform.processes:
                 if process.log_path and process.log_path.exists():

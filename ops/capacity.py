@@ -35,9 +35,10 @@ MEASURED_AUDIT_RATE_PER_PROCESS = 1710.0
 AUDIT_RATE_IS_PLACEHOLDER = False
 # Requests per second one API replica (uvicorn, 2 processes, 2 cores) serves at the month-end
 # mix of 1 POST /batch-expenses, 10 status polls and 3 reads: `python -m
-# bench.enqueue_throughput` measured POST at 94.9/s (49 expenses each) and GET /tasks/{id}
-# at 219.5/s, so 14 requests take 1/94.9 + 13/219.5 = 69.8 ms -> 200 requests/s.
-MEASURED_API_RPS_PER_REPLICA = 200.0
+# bench.enqueue_throughput` measured POST at 132.4/s (49 expenses each) and GET /tasks/{id}
+# at 483.0/s, so 14 requests take 1/132.4 + 13/483.0 = 34.5 ms -> 400 requests/s (rounded
+# down from 406; the client shares the two cores with the API).
+MEASURED_API_RPS_PER_REPLICA = 400.0
 API_RPS_IS_PLACEHOLDER = False
 # One `audit.process_batch_expenses` message as it sits in Redis (task id argument,
 # trace context, Celery's JSON envelope): 1,244 bytes of JSON, ~1,520 bytes of Redis
