@@ -36,10 +36,10 @@ from bench.post_latency import payload
 from cli.processes import (
     ManagedProcess,
     free_port,
+    spawn_worker,
     start_api,
     start_redis,
     start_simulator,
-    start_worker,
 )
 from simulator.otlp_receiver import OtlpReceiver, otlp_receiver
 
@@ -148,7 +148,9 @@ def run_mode(
 
         Redis.from_url(env["REDIS_URL"]).delete(env["AUDIT_QUEUE"])
         processes.append(
-            start_worker(env, work / f"logs-{name}-{db}", queue=env["AUDIT_QUEUE"], concurrency=2)
+            spawn_worker(
+                env, work / f"logs-{name}-{db}", queue=env["AUDIT_QUEUE"], concurrency=2
+            ).wait()
         )
         rate = throughput(api_url, key, database_url, args.batches, args.expenses)
     finally:

@@ -235,24 +235,3 @@ def spawn_worker(
     heartbeat.unlink(missing_ok=True)
     process = spawn(name, argv, {**env, "WORKER_HEARTBEAT_FILE": str(heartbeat)}, log_dir)
     return Starting(process, heartbeat.exists, f"celery worker {name}", 60)
-
-
-def start_worker(
-    env: Mapping[str, str],
-    log_dir: Path,
-    *,
-    name: str = "worker",
-    concurrency: int = 1,
-    queue: str = "audit",
-    pool: str = "prefork",
-    include: list[str] | None = None,
-) -> ManagedProcess:
-    return spawn_worker(
-        env,
-        log_dir,
-        name=name,
-        concurrency=concurrency,
-        queue=queue,
-        pool=pool,
-        include=include,
-    ).wait()

@@ -29,10 +29,11 @@ from audit.suppliers import upsert_registration
 from cli.processes import (
     ManagedProcess,
     free_port,
+    spawn_worker,
     start_api,
     start_redis,
     start_simulator,
-    start_worker,
+    wait_all,
 )
 from ops.scratchdb import create_scratch_database, drop_scratch_database, postgres_unavailable
 from ops.workload import CondominiumMonth, Supplier
@@ -121,29 +122,30 @@ class LocalPlatform:
     processes: list[ManagedProcess] = field(default_factory=list)
 
     def start_workers(self, count: int, concurrency: int, include: Iterable[str] = ()) -> None:
-        for number in range(count):
-            self.processes.append(
-                start_worker(
-                    self.env,
-                    self.work / "logs",
-                    name=f"worker{number}-{uuid.uuid4().hex[:4]}",
-                    concurrency=concurrency,
-                    queue=self.env["AUDIT_QUEUE"],
-                    include=list(include),
-                )
+        starting = [
+            spawn_worker(
+                self.env,
+                self.work / "logs",
+                name=f"worker{number}-{uuid.uuid4().hex[:4]}",
+                concurrency=concurrency,
+                queue=self.env["AUDIT_QUEUE"],
+                include=list(include),
             )
+            for number in range(count)
+        ]
+        self.processes.extend(wait_all(starting))
 
     def start_webhooks_worker(self, concurrency: int = 8) -> None:
         """Deliveries on their own queue, in threads, like the chart's webhooks Deployment."""
         self.processes.append(
-            start_worker(
+            spawn_worker(
                 {**self.env, "METRICS_PORT": "0"},
                 self.work / "logs",
                 name=f"webhooks-{uuid.uuid4().hex[:4]}",
                 concurrency=concurrency,
                 queue="webhooks",
                 pool="threads",
-            )
+            ).wait()
         )
 
     def start_api(self, workers: int) -> None:

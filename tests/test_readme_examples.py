@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cli.processes import start_worker
 from cli.run import load_sample, seed_simulator
 from simulator.webhook_receiver import WebhookReceiver
 from tests.support.platform import Platform, sqlite_platform_for
@@ -34,14 +33,7 @@ DELIVERY_LITERALS = frozenset({"type", "status", "summary", "expenses", "failed_
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Platform]:
     with sqlite_platform_for(tmp_path_factory, redis_server, extra_env=WEBHOOK_ENV) as running:
-        running.processes["webhooks"] = start_worker(
-            running.env,
-            running.log_dir,
-            name="webhooks",
-            concurrency=2,
-            queue="webhooks",
-            pool="threads",
-        )
+        running.start_webhooks_worker(concurrency=2)
         seed_simulator(running.simulator_url, load_sample())  # as `make run` does
         yield running
 

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pytest
 
 from audit.db import upgrade_database
-from cli.processes import start_worker
 from simulator.otlp_receiver import OtlpReceiver, otlp_receiver
 from simulator.webhook_receiver import WebhookReceiver
 from tests.support.platform import Platform, launch_platform, sqlite_url
@@ -40,9 +39,7 @@ def traced(
         tmp_path_factory, redis_server, database_url, extra_env={**WEBHOOK_ENV, **otel}
     )
     try:
-        platform.processes["webhooks"] = start_worker(
-            platform.env, platform.log_dir, name="webhooks", queue="webhooks", pool="threads"
-        )
+        platform.start_webhooks_worker(concurrency=1)
     except BaseException:
         platform.stop()
         raise

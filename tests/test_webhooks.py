@@ -24,7 +24,7 @@ from audit.webhooks import EventType
 from audit.webhooks.delivery import Deliverer
 from audit.webhooks.outbox import record_batch_event
 from audit.webhooks.secretbox import new_key
-from cli.processes import free_port, start_api, start_worker
+from cli.processes import free_port, start_api
 from simulator.webhook_receiver import WebhookReceiver
 from tests.support.helpers import active_registration, expense, make_cnpj
 from tests.support.platform import Platform, fresh_postgres_schema, launch_platform, sqlite_url
@@ -60,14 +60,7 @@ def platform(
         database_url = fresh_postgres_schema(request.getfixturevalue("postgres_database"))
     running = launch_platform(tmp_path_factory, redis_server, database_url, extra_env=WEBHOOK_ENV)
     try:
-        running.processes["webhooks"] = start_worker(
-            running.env,
-            running.log_dir,
-            name="webhooks",
-            concurrency=4,
-            queue="webhooks",
-            pool="threads",
-        )
+        running.start_webhooks_worker()
     except BaseException:
         running.stop()
         raise
@@ -396,14 +389,7 @@ def test_private_urls_are_refused_at_registration_and_at_delivery(
         assert receiver.deliveries() == []
         assert deliveries(platform, tenant, hook["id"])[0]["last_error"].startswith("refused")
     finally:
-        platform.processes["webhooks"] = start_worker(
-            platform.env,
-            platform.log_dir,
-            name="webhooks",
-            concurrency=4,
-            queue="webhooks",
-            pool="threads",
-        )
+        platform.start_webhooks_worker()
 
 
 def test_rotating_the_secret(platform: Platform, tenant: str, receiver: WebhookReceiver) -> None:

@@ -122,6 +122,17 @@ class Platform:
     def start_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> None:
         self.processes[name] = self.spawn_worker(name, concurrency, **env).wait()
 
+    def start_webhooks_worker(self, concurrency: int = 4) -> None:
+        """The webhook deliveries' worker: its own queue, a thread pool, as the chart runs it."""
+        self.processes["webhooks"] = spawn_worker(
+            self.env,
+            self.log_dir,
+            name="webhooks",
+            concurrency=concurrency,
+            queue="webhooks",
+            pool="threads",
+        ).wait()
+
     def start_workers(self, *names: str, concurrency: int = 2) -> None:
         """Several audit workers, started side by side."""
         started = wait_all([self.spawn_worker(name, concurrency) for name in names])
