@@ -8,13 +8,13 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import ratelimit
 from audit.auth import KeyCache, hash_key, tenant_for_key
-from audit.db import session_factory, session_scope
+from audit.db import engine_for, session_scope
 from audit.settings import Settings
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -41,8 +41,11 @@ def read_connection(settings: Settings) -> Iterator[Connection]:
     """A connection in autocommit from the sessions' engine, for a route answering from one
     SELECT: no BEGIN and COMMIT round trips around it, no ORM session to set up. Opened in
     the route's body, not as a dependency: a sync dependency costs two threadpool trips."""
-    engine: Engine = session_factory(settings.database_url).kw["bind"]
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with (
+        engine_for(settings.database_url)
+        .connect()
+        .execution_options(isolation_level="AUTOCOMMIT") as connection
+    ):
         yield connection
 
 

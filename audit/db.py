@@ -46,8 +46,14 @@ def make_engine(database_url: str) -> Engine:
 
 
 @lru_cache(maxsize=8)
+def engine_for(database_url: str) -> Engine:
+    """The process's one engine (and connection pool) per database."""
+    return make_engine(database_url)
+
+
+@lru_cache(maxsize=8)
 def session_factory(database_url: str) -> sessionmaker[Session]:
-    return sessionmaker(make_engine(database_url), expire_on_commit=False)
+    return sessionmaker(engine_for(database_url), expire_on_commit=False)
 
 
 @contextmanager

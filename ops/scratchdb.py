@@ -8,7 +8,7 @@ import uuid
 import sqlalchemy
 from sqlalchemy import make_url
 
-from audit.db import session_factory
+from audit.db import engine_for, session_factory
 
 
 def postgres_unavailable(admin_url: str) -> str | None:
@@ -37,6 +37,7 @@ def drop_scratch_database(admin_url: str, database_url: str) -> None:
     """Drop a database made by create_scratch_database, whoever is still connected."""
     name = make_url(database_url).database
     session_factory.cache_clear()
+    engine_for.cache_clear()
     admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(sqlalchemy.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))

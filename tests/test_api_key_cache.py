@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from redis import Redis
-from sqlalchemy import Engine, event, update
+from sqlalchemy import event, update
 
 from api.main import create_app
 from audit import auth
@@ -27,7 +27,7 @@ from audit.auth import (
     issue_key,
     revoke_key,
 )
-from audit.db import session_factory, session_scope, upgrade_database
+from audit.db import engine_for, session_scope, upgrade_database
 from audit.models import ApiKey
 from audit.settings import Settings
 from cli.processes import free_port
@@ -47,7 +47,7 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
 @pytest.fixture
 def key_lookups(settings: Settings) -> Iterator[list[str]]:
     """Every query on api_keys, as the database sees it."""
-    engine: Engine = session_factory(settings.database_url).kw["bind"]
+    engine = engine_for(settings.database_url)
     seen: list[str] = []
 
     def record(*args: Any) -> None:
