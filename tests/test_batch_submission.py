@@ -154,3 +154,47 @@ def test_a_batch_the_queue_refused_is_withdrawn_and_its_key_starts_clean(
         )
     assert retried.created
     assert enqueued == [retried.batch_id]
+
+
+def test_every_field_of_every_expense_is_stored_in_the_batch_s_order(database_url: str) -> None:
+    tenant, condominium = tenant_with_condominium(database_url)
+    sent = [
+        ExpenseInput(
+            external_id=f"nf-{n:03d}",
+            supplier_cnpj="12ABC34501DE35" if n % 2 else "11222333000181",
+            amount=Decimal("1234567.89") if n == 0 else Decimal(f"{n}.05"),
+            expense_date=dt.date(2026, 11, 1 + n % 28),
+            description=f'Manutenção do elevador nº {n} — peça "B"\ttroca',
+            category="manutencao",
+            invoice_number=None if n % 3 == 0 else f"NF {n}",
+        )
+        for n in reversed(range(60))
+    ]
+    with session_scope(database_url) as session:
+        submitted = submit_batch(session, tenant, condominium, sent)
+    with session_scope(database_url) as session:
+        rows = session.execute(
+            select(
+                Expense.condominium_id,
+                Expense.external_id,
+                Expense.supplier_cnpj,
+                Expense.amount,
+                Expense.expense_date,
+                Expense.description,
+                Expense.category,
+                Expense.invoice_number,
+            )
+            .where(Expense.batch_id == submitted.batch_id)
+            .order_by(Expense.id)
+        ).all()
+    assert {row.condominium_id for row in rows} == {condominium}
+    assert [
+        ExpenseInput(
+            *row[1:4],
+            expense_date=row[4],
+            description=row[5],
+            category=row[6],
+            invoice_number=row[7],
+        )
+        for row in rows
+    ] == sent
