@@ -121,7 +121,9 @@ class LocalPlatform:
     env: dict[str, str]
     processes: list[ManagedProcess] = field(default_factory=list)
 
-    def start_workers(self, count: int, concurrency: int, include: Iterable[str] = ()) -> None:
+    def start_workers(
+        self, count: int, concurrency: int, include: Iterable[str] = (), niceness: int = 0
+    ) -> None:
         starting = [
             spawn_worker(
                 self.env,
@@ -130,6 +132,7 @@ class LocalPlatform:
                 concurrency=concurrency,
                 queue=self.env["AUDIT_QUEUE"],
                 include=list(include),
+                niceness=niceness,
             )
             for number in range(count)
         ]
