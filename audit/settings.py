@@ -45,6 +45,16 @@ class Settings(BaseSettings):
             return value
         return url.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
 
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="PostgreSQL connections each engine keeps open (10 more are opened, then "
+        "closed, in a burst). A pool only grows to what its process uses at once: an API "
+        "process has two engines (threadpool routes and asyncio reads), each holding up to "
+        "its concurrent requests; a prefork worker process one or two.",
+    )
+
     audit_queue: str = Field(
         default="audit", description="Celery queue for audit work; KEDA scales on this list."
     )

@@ -1,0 +1,218 @@
+"""Single-row reads awaited on the event loop, for the API's most polled route.
+
+A route that answers from one SELECT need not leave the event loop: a threadpool trip costs
+a thread handoff and GIL contention each way. On PostgreSQL the read goes straight to
+psycopg 3's asyncio connections, from a small pool kept here: SQLAlchemy's asyncio engine
+was measured to cost as much CPU per read as the threadpool it replaces (its greenlet
+bridge, pool checkout and pre-ping), four times what psycopg alone costs. The statement is
+still a SQLAlchemy Core select, compiled once; errors are wrapped into SQLAlchemy's
+exceptions, so the API's 503 handlers and logs see what they see from the engines. SQLite
+(local runs) reads through SQLAlchemy's asyncio engine on aiosqlite.
+
+One reader per database per running event loop: asyncio connections belong to the loop
+that opened them. uvicorn runs one loop per process; an in-process test client runs one
+loop after another, and each new loop gets a new reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, cast
+
+import psycopg
+import sqlalchemy.ext.asyncio
+from opentelemetry import trace
+from psycopg.pq import TransactionStatus
+from psycopg.rows import DictRow, dict_row
+from sqlalchemy import event, exc, make_url
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Select
+
+from audit.db import POOL_OVERFLOW, default_pool_size, ensure_sqlite_directory, sqlite_pragmas
+from audit.observability.instrumentation import enabled
+from audit.observability.tracing import tracing_requested
+
+# As SQLAlchemy's pool_timeout: how long a read waits for a connection when all are in use.
+POOL_TIMEOUT_SECONDS = 30.0
+
+_DIALECT = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+_tracer = trace.get_tracer("condo_audit.asyncdb")
+
+
+class AsyncReader:
+    """Reads one row by a Core select; `close` when the loop is done with it."""
+
+    async def first(
+        self, statement: Select[Any], params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+@lru_cache(maxsize=64)
+def _postgresql_sql(statement: Select[Any]) -> str:
+    """The select as psycopg's SQL with %(name)s placeholders: the bind parameters keep the
+    names they were given, so the route's params dict is passed as it is."""
+    return str(statement.compile(dialect=_DIALECT))
+
+
+class PsycopgReader(AsyncReader):
+    """Autocommit psycopg connections: up to `size` kept open, `POOL_OVERFLOW` more opened
+    in a burst and closed after use, as the engines' pools do.
+
+    No ping before each read: a connection the server dropped (a restart, a failover)
+    fails its read, and then every idle connection, opened before the failure too, is
+    closed and the read retried once on a new connection. A refused connection fails at
+    once (503), never waits."""
+
+    def __init__(self, database_url: str, size: int) -> None:
+        url = make_url(database_url).set(drivername="postgresql+psycopg")
+        # The keywords the engines connect with: host, port, user, dbname, sslmode, ...
+        _, self._connect_kwargs = _DIALECT.create_connect_args(url)  # type: ignore[no-untyped-call]
+        self._size = size
+        self._slots = asyncio.Semaphore(size + POOL_OVERFLOW)
+        self._idle: list[psycopg.AsyncConnection[DictRow]] = []
+        self._span_name = f"SELECT {url.database}"
+        self._span_attributes: dict[str, str | int] = {
+            "db.system": "postgresql",
+            "db.name": url.database or "",
+            "net.peer.name": url.host or "",
+            "net.peer.port": url.port or 5432,
+        }
+        # A span per read, as the SQLAlchemy instrumentation gives the engines' queries.
+        self._traced = tracing_requested() and enabled("sqlalchemy")
+
+    async def first(
+        self, statement: Select[Any], params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        sql = _postgresql_sql(statement)
+        if not self._traced:
+            return await self._first(sql, params)
+        with _tracer.start_as_current_span(self._span_name, kind=trace.SpanKind.CLIENT) as span:
+            if span.is_recording():
+                span.set_attributes({**self._span_attributes, "db.statement": sql})
+            return await self._first(sql, params)
+
+    async def _first(self, sql: str, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        try:
+            async with asyncio.timeout(POOL_TIMEOUT_SECONDS):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise exc.TimeoutError(
+                f"no database connection free within {POOL_TIMEOUT_SECONDS:g} s"
+            ) from None
+        try:
+            try:
+                return await self._read(sql, params, retry=True)
+            except psycopg.Error as error:
+                raise exc.DBAPIError.instance(sql, params, error, psycopg.Error) from error
+        finally:
+            self._slots.release()
+
+    async def _read(
+        self, sql: str, params: Mapping[str, Any], *, retry: bool
+    ) -> Mapping[str, Any] | None:
+        reused = bool(self._idle)
+        connection = self._idle.pop() if reused else await self._connect()
+        try:
+            cursor = await connection.execute(sql, params)
+            row = await cursor.fetchone()
+        except psycopg.OperationalError:
+            if connection.broken:
+                await connection.close()
+                if reused and retry:
+                    await self._close_idle()  # opened before the failure: stale too
+                    return await self._read(sql, params, retry=False)
+            else:
+                await self._release(connection)
+            raise
+        except psycopg.Error:
+            await self._release(connection)
+            raise
+        except BaseException:
+            # Cancelled mid-read: the connection's protocol state is unknown.
+            await connection.close()
+            raise
+        await self._release(connection)
+        return row
+
+    async def _connect(self) -> psycopg.AsyncConnection[DictRow]:
+        return await psycopg.AsyncConnection.connect(
+            **self._connect_kwargs, autocommit=True, row_factory=dict_row
+        )
+
+    async def _release(self, connection: psycopg.AsyncConnection[DictRow]) -> None:
+        healthy = connection.info.transaction_status == TransactionStatus.IDLE
+        if healthy and len(self._idle) < self._size:
+            self._idle.append(connection)
+        else:
+            await connection.close()
+
+    async def _close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.close()
+
+    async def close(self) -> None:
+        await self._close_idle()
+
+
+class SqlAlchemyReader(AsyncReader):
+    """SQLite through SQLAlchemy's asyncio engine (aiosqlite runs each connection in a
+    thread of its own)."""
+
+    def __init__(self, database_url: str) -> None:
+        ensure_sqlite_directory(database_url)
+        url = make_url(database_url).set(drivername="sqlite+aiosqlite")
+        # Looked up at call time: tracing wraps create_async_engine once it is installed.
+        self.engine: AsyncEngine = sqlalchemy.ext.asyncio.create_async_engine(
+            url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 30}
+        )
+        event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
+
+    async def first(
+        self, statement: Select[Any], params: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        async with self.engine.connect() as connection:
+            result = await connection.execute(statement, dict(params))
+            # A RowMapping: also keyed by Column objects, by name is what is read here.
+            return cast("Mapping[str, Any] | None", result.mappings().first())
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def make_reader(database_url: str, pool_size: int | None = None) -> AsyncReader:
+    backend = make_url(database_url).get_backend_name()
+    if backend == "sqlite":
+        return SqlAlchemyReader(database_url)
+    if backend == "postgresql":
+        return PsycopgReader(database_url, pool_size or default_pool_size())
+    raise ValueError(f"no asyncio reads from {backend!r} databases")
+
+
+_readers: dict[str, tuple[asyncio.AbstractEventLoop, AsyncReader]] = {}
+
+
+def reader_for(database_url: str) -> AsyncReader:
+    """The process's one reader (and its connections) per database, on the running loop."""
+    loop = asyncio.get_running_loop()
+    held = _readers.get(database_url)
+    if held is None or held[0] is not loop:
+        held = _readers[database_url] = (loop, make_reader(database_url))
+    return held[1]
+
+
+async def close_readers() -> None:
+    """Close the running loop's connections (an API process shutting down): once the loop
+    has stopped they can only be dropped, unclosed."""
+    loop = asyncio.get_running_loop()
+    for database_url, (owner, reader) in list(_readers.items()):
+        if owner is loop:
+            del _readers[database_url]
+            await reader.close()
