@@ -5,9 +5,10 @@ a thread handoff and GIL contention each way. On PostgreSQL the read goes straig
 psycopg 3's asyncio connections, from a small pool kept here: SQLAlchemy's asyncio engine
 was measured to cost as much CPU per read as the threadpool it replaces (its greenlet
 bridge, pool checkout and pre-ping), four times what psycopg alone costs. The statement is
-still a SQLAlchemy Core select, compiled once; errors are wrapped into SQLAlchemy's
-exceptions, so the API's 503 handlers and logs see what they see from the engines. SQLite
-(local runs) reads through SQLAlchemy's asyncio engine on aiosqlite.
+still a SQLAlchemy Core select, compiled once with its bound values and type conversions;
+errors are wrapped into SQLAlchemy's exceptions, so the API's 503 handlers and logs see
+what they see from the engines. SQLite (local runs) reads through SQLAlchemy's asyncio
+engine on aiosqlite.
 
 One reader per database per running event loop: asyncio connections belong to the loop
 that opened them. uvicorn runs one loop per process; an in-process test client runs one
@@ -17,7 +18,8 @@ loop after another, and each new loop gets a new reader.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
@@ -28,6 +30,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from sqlalchemy import event, exc, make_url
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.engine import Compiled
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Select
 
@@ -54,11 +57,35 @@ class AsyncReader:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A select compiled once for psycopg: its SQL, and how to complete a call's parameters
+    (the statement's own bound values, the types that convert a value before it is sent)."""
+
+    sql: str
+    compiled: Compiled
+    processors: dict[str, Callable[[Any], Any]]
+
+    def parameters(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        values = dict(self.compiled.construct_params(dict(params)) or {})
+        for name, process in self.processors.items():
+            values[name] = process(values[name])
+        return values
+
+
 @lru_cache(maxsize=64)
-def _postgresql_sql(statement: Select[Any]) -> str:
-    """The select as psycopg's SQL with %(name)s placeholders: the bind parameters keep the
-    names they were given, so the route's params dict is passed as it is."""
-    return str(statement.compile(dialect=_DIALECT))
+def _compile(statement: Select[Any]) -> _Compiled:
+    """Rows come back as psycopg builds them (no SQLAlchemy result processing): strings,
+    numbers, timestamps and JSON read as they do through the engines."""
+    compiled = statement.compile(dialect=_DIALECT)
+    if compiled.post_compile_params or compiled.literal_execute_params:
+        raise ValueError("expanding IN parameters need an engine, not the asyncio reader")
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for name, bind in compiled.binds.items():
+        process = bind.type.dialect_impl(_DIALECT).bind_processor(_DIALECT)
+        if process is not None:
+            processors[compiled.escaped_bind_names.get(name, name)] = process
+    return _Compiled(str(compiled), compiled, processors)
 
 
 class PsycopgReader(AsyncReader):
@@ -90,13 +117,14 @@ class PsycopgReader(AsyncReader):
     async def first(
         self, statement: Select[Any], params: Mapping[str, Any]
     ) -> Mapping[str, Any] | None:
-        sql = _postgresql_sql(statement)
+        compiled = _compile(statement)
+        sql, values = compiled.sql, compiled.parameters(params)
         if not self._traced:
-            return await self._first(sql, params)
+            return await self._first(sql, values)
         with _tracer.start_as_current_span(self._span_name, kind=trace.SpanKind.CLIENT) as span:
             if span.is_recording():
                 span.set_attributes({**self._span_attributes, "db.statement": sql})
-            return await self._first(sql, params)
+            return await self._first(sql, values)
 
     async def _first(self, sql: str, params: Mapping[str, Any]) -> Mapping[str, Any] | None:
         try:
