@@ -49,10 +49,11 @@ class Settings(BaseSettings):
         default=10,
         ge=1,
         le=100,
-        description="PostgreSQL connections each engine keeps open (10 more are opened, then "
-        "closed, in a burst). A pool only grows to what its process uses at once: an API "
-        "process has two engines (threadpool routes and asyncio reads), each holding up to "
-        "its concurrent requests; a prefork worker process one or two.",
+        description="PostgreSQL connections each pool keeps open; 10 more are opened in a "
+        "burst and closed after use. Keep it above a process's usual concurrency, or those "
+        "overflow connections churn. A pool keeps only what its process used at once: an "
+        "API process up to this many for its threadpool routes and as many for GET "
+        "/tasks/{id} (asyncio); a prefork worker process one or two.",
     )
 
     audit_queue: str = Field(

@@ -11,15 +11,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import Select, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import QueuePool
 
 from audit.asyncdb import AsyncReader, PsycopgReader, close_readers, make_reader, reader_for
 from audit.auth import create_tenant
 from audit.batches import task_status
-from audit.db import session_scope
+from audit.db import make_engine, session_scope
 from audit.models import Batch, Condominium
+from audit.settings import Settings, get_settings
 from tests.support.platform import POSTGRES_ADMIN_URL
 from tests.test_faults_database import database_blocked
 
@@ -183,3 +186,25 @@ def test_the_pool_keeps_its_size_and_serves_bursts_beyond_it(dedicated_postgres_
         return len(reader._idle)
 
     assert run(dedicated_postgres_url, scenario, size=3) == 3
+
+
+def test_the_pool_size_is_one_setting_for_the_engines_and_the_reader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/nowhere"  # nothing connects here
+    monkeypatch.setenv("DATABASE_POOL_SIZE", "7")
+    get_settings.cache_clear()
+    try:
+        engine = make_engine(url)
+        assert isinstance(engine.pool, QueuePool)
+        assert engine.pool.size() == 7
+        reader = make_reader(url)
+        assert isinstance(reader, PsycopgReader)
+        assert reader._size == 7
+        monkeypatch.setenv("DATABASE_POOL_SIZE", "0")
+        with pytest.raises(ValidationError, match="database_pool_size"):
+            Settings()
+    finally:
+        get_settings.cache_clear()
+    monkeypatch.delenv("DATABASE_POOL_SIZE")
+    assert Settings().database_pool_size == 10
