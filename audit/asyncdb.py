@@ -7,8 +7,8 @@ was measured to cost as much CPU per read as the threadpool it replaces (its gre
 bridge, pool checkout and pre-ping), four times what psycopg alone costs. The statement is
 still a SQLAlchemy Core select, compiled once with its bound values and type conversions;
 errors are wrapped into SQLAlchemy's exceptions, so the API's 503 handlers and logs see
-what they see from the engines. SQLite (local runs) reads through SQLAlchemy's asyncio
-engine on aiosqlite.
+what they see from the engines. SQLite (local runs) reads through the process's engine in a
+worker thread.
 
 One reader per database per running event loop: asyncio connections belong to the loop
 that opened them. uvicorn runs one loop per process; an in-process test client runs one
@@ -24,17 +24,15 @@ from functools import lru_cache
 from typing import Any, cast
 
 import psycopg
-import sqlalchemy.ext.asyncio
 from opentelemetry import trace
 from psycopg.pq import TransactionStatus
 from psycopg.rows import DictRow, dict_row
-from sqlalchemy import event, exc, make_url
+from sqlalchemy import exc, make_url
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Compiled
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import Select
 
-from audit.db import POOL_OVERFLOW, default_pool_size, ensure_sqlite_directory, sqlite_pragmas
+from audit.db import POOL_OVERFLOW, default_pool_size, engine_for
 from audit.observability.instrumentation import enabled
 from audit.observability.tracing import tracing_requested
 
@@ -190,35 +188,36 @@ class PsycopgReader(AsyncReader):
         await self._close_idle()
 
 
-class SqlAlchemyReader(AsyncReader):
-    """SQLite through SQLAlchemy's asyncio engine (aiosqlite runs each connection in a
-    thread of its own)."""
+class ThreadedReader(AsyncReader):
+    """SQLite (local runs): the engine's own connection, in a thread of the loop's default
+    executor. SQLite answers in microseconds, so the thread hop is the cost either way, and
+    aiosqlite behind SQLAlchemy's asyncio engine was measured slower (its own thread per
+    connection plus the greenlet bridge) than this."""
 
     def __init__(self, database_url: str) -> None:
-        ensure_sqlite_directory(database_url)
-        url = make_url(database_url).set(drivername="sqlite+aiosqlite")
-        # Looked up at call time: tracing wraps create_async_engine once it is installed.
-        self.engine: AsyncEngine = sqlalchemy.ext.asyncio.create_async_engine(
-            url, isolation_level="AUTOCOMMIT", connect_args={"timeout": 30}
-        )
-        event.listen(self.engine.sync_engine, "connect", sqlite_pragmas)
+        self.engine = engine_for(database_url)
 
     async def first(
         self, statement: Select[Any], params: Mapping[str, Any]
     ) -> Mapping[str, Any] | None:
-        async with self.engine.connect() as connection:
-            result = await connection.execute(statement, dict(params))
+        # to_thread copies the context: the query's span stays under the request's.
+        return await asyncio.to_thread(self._first, statement, dict(params))
+
+    def _first(self, statement: Select[Any], params: dict[str, Any]) -> Mapping[str, Any] | None:
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             # A RowMapping: also keyed by Column objects, by name is what is read here.
-            return cast("Mapping[str, Any] | None", result.mappings().first())
+            return cast(
+                "Mapping[str, Any] | None", connection.execute(statement, params).mappings().first()
+            )
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        """Nothing of its own: the engine is the process's (audit.db.engine_for)."""
 
 
 def make_reader(database_url: str, pool_size: int | None = None) -> AsyncReader:
     backend = make_url(database_url).get_backend_name()
     if backend == "sqlite":
-        return SqlAlchemyReader(database_url)
+        return ThreadedReader(database_url)
     if backend == "postgresql":
         return PsycopgReader(database_url, pool_size or default_pool_size())
     raise ValueError(f"no asyncio reads from {backend!r} databases")

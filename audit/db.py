@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy
 from alembic import command
@@ -30,15 +29,6 @@ def ensure_sqlite_directory(database_url: str) -> None:
 POOL_OVERFLOW = 10
 
 
-def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL, so readers never wait for the writer, on every connection (sync or asyncio)."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
 def default_pool_size() -> int:
     """DATABASE_POOL_SIZE, for the callers that hold only a URL."""
     return get_settings().database_pool_size
@@ -54,7 +44,15 @@ def make_engine(database_url: str, pool_size: int | None = None) -> Engine:
         engine = sqlalchemy.create_engine(
             database_url, connect_args={"timeout": 30, "check_same_thread": False}
         )
-        event.listen(engine, "connect", sqlite_pragmas)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
         return engine
     return sqlalchemy.create_engine(
         database_url,
