@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import psycopg
 from opentelemetry import trace
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import DictRow, dict_row
 from sqlalchemy import exc, make_url
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -149,7 +149,7 @@ class PsycopgReader(AsyncReader):
             cursor = await connection.execute(sql, params)
             row = await cursor.fetchone()
         except psycopg.OperationalError:
-            if connection.broken:
+            if connection.info.status == ConnStatus.BAD:  # the server is gone, not the query
                 await connection.close()
                 if reused and retry:
                     await self._close_idle()  # opened before the failure: stale too
