@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, Security, status
 from fastapi.security import APIKeyHeader
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import ratelimit
+from audit.asyncdb import AsyncReader, reader_for
 from audit.auth import KeyCache, hash_key, tenant_for_key
-from audit.db import engine_for, session_scope
+from audit.db import session_scope
 from audit.settings import Settings
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -36,17 +35,10 @@ def get_session(settings: Annotated[Settings, Depends(get_settings)]) -> Iterato
         yield session
 
 
-@contextlib.contextmanager
-def read_connection(settings: Settings) -> Iterator[Connection]:
-    """A connection in autocommit from the sessions' engine, for a route answering from one
-    SELECT: no BEGIN and COMMIT round trips around it, no ORM session to set up. Opened in
-    the route's body, not as a dependency: a sync dependency costs two threadpool trips."""
-    with (
-        engine_for(settings.database_url)
-        .connect()
-        .execution_options(isolation_level="AUTOCOMMIT") as connection
-    ):
-        yield connection
+def reader(settings: Settings) -> AsyncReader:
+    """Single-row reads on the event loop, for an async route answering from one SELECT:
+    no threadpool trip, no BEGIN and COMMIT round trips, no ORM session."""
+    return reader_for(settings.database_url)
 
 
 def _key_cache(request: Request) -> KeyCache:

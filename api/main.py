@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api import telemetry
@@ -10,7 +13,15 @@ from api.middleware import BodySizeLimit
 from api.routes import batches, condominiums, dead_letters, findings, health, webhooks
 from api.unstorable import RefuseUnstorableText
 from audit import __version__
+from audit.asyncdb import close_readers
 from audit.settings import Settings, get_settings
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown, close the asyncio reads' connections while their event loop runs."""
+    yield
+    await close_readers()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -18,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="condo-audit",
         version=__version__,
         description="Audits condominium expenses: submit a batch, follow its task, read findings.",
+        lifespan=lifespan,
     )
     app.state.settings = settings or get_settings()
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_request_bytes)

@@ -5,19 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, select, text
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.sql.dml import ReturningInsert
 
+from audit.asyncdb import AsyncReader
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused
 from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding, new_id, utcnow
@@ -320,9 +321,12 @@ _TASK_STATUS = select(
 ).where(Batch.id == bindparam("batch_id"), Batch.tenant_id == bindparam("tenant_id"))
 
 
-def task_status(connection: Connection, tenant_id: str, batch_id: str) -> Row[Any] | None:
-    """What a task's status shows, if the batch is the tenant's: one select, no ORM object."""
-    return connection.execute(_TASK_STATUS, {"batch_id": batch_id, "tenant_id": tenant_id}).first()
+async def task_status(
+    reader: AsyncReader, tenant_id: str, batch_id: str
+) -> Mapping[str, Any] | None:
+    """What a task's status shows, if the batch is the tenant's: one select, no ORM object,
+    awaited on the event loop (the most polled read costs no threadpool trip)."""
+    return await reader.first(_TASK_STATUS, {"batch_id": batch_id, "tenant_id": tenant_id})
 
 
 def findings_summary(session: Session, batch_id: str) -> dict[str, Any]:

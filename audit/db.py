@@ -13,6 +13,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit.settings import get_settings
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
@@ -23,8 +25,18 @@ def ensure_sqlite_directory(database_url: str) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_engine(database_url: str) -> Engine:
-    """An engine tuned per backend: SQLite gets WAL and a busy timeout for many processes."""
+# Connections opened beyond the pool size in a burst; each is closed when it is returned.
+POOL_OVERFLOW = 10
+
+
+def default_pool_size() -> int:
+    """DATABASE_POOL_SIZE, for the callers that hold only a URL."""
+    return get_settings().database_pool_size
+
+
+def make_engine(database_url: str, pool_size: int | None = None) -> Engine:
+    """An engine tuned per backend: SQLite gets WAL and a busy timeout for many processes;
+    PostgreSQL keeps `pool_size` connections open (DATABASE_POOL_SIZE when not given)."""
     # `sqlalchemy.create_engine` is looked up at call time, so that the SQLAlchemy
     # instrumentation installed after import (tracing on) wraps the engines made here.
     if database_url.startswith("sqlite"):
@@ -42,7 +54,12 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         return engine
-    return sqlalchemy.create_engine(database_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return sqlalchemy.create_engine(
+        database_url,
+        pool_pre_ping=True,
+        pool_size=pool_size or default_pool_size(),
+        max_overflow=POOL_OVERFLOW,
+    )
 
 
 @lru_cache(maxsize=8)

@@ -45,6 +45,17 @@ class Settings(BaseSettings):
             return value
         return url.set(database=os.path.abspath(path)).render_as_string(hide_password=False)
 
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="PostgreSQL connections each pool keeps open; 10 more are opened in a "
+        "burst and closed after use. Keep it above a process's usual concurrency, or those "
+        "overflow connections churn. A pool keeps only what its process used at once: an "
+        "API process up to this many for its threadpool routes and as many for GET "
+        "/tasks/{id} (asyncio); a prefork worker process one or two.",
+    )
+
     audit_queue: str = Field(
         default="audit", description="Celery queue for audit work; KEDA scales on this list."
     )

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
@@ -67,11 +68,13 @@ def test_database_unavailable_for_a_while_loses_nothing(
         assert outcome.in_flight_batches > 0
 
         answers: list[tuple[str, int, float, str]] = []
+        polled = f"/tasks/{work.submitted[0].task_id}"
+        polls: list[httpx.Response] = []
         with database_blocked(dedicated_postgres_url), platform.client() as client:
             down_until = time.monotonic() + 8
             while time.monotonic() < down_until:
                 for method, path, body in (
-                    ("GET", f"/tasks/{work.submitted[0].task_id}", None),
+                    ("GET", polled, None),
                     ("POST", "/batch-expenses", {"condominium_id": spare, "expenses": []}),
                     ("POST", "/condominiums", {"name": "Durante a queda"}),
                     ("GET", "/dead-letters", None),
@@ -82,6 +85,8 @@ def test_database_unavailable_for_a_while_loses_nothing(
                     answers.append(
                         (path, response.status_code, time.monotonic() - started, response.text)
                     )
+                    if path == polled:
+                        polls.append(response)
                 time.sleep(0.5)
         statuses = {code for _, code, _, _ in answers}
         assert 500 not in statuses, [a for a in answers if a[1] == 500][:3]
@@ -90,6 +95,15 @@ def test_database_unavailable_for_a_while_loses_nothing(
         unavailable = [a for a in answers if a[1] == 503]
         assert len(unavailable) >= len(answers) // 2
         assert any("database is unavailable" in a[3] for a in unavailable)
+        # The status read (asyncio connections of its own) answers the outage as the rest.
+        assert polls
+        assert [p.status_code for p in polls] == [503] * len(polls)
+        assert {p.text for p in polls} == {
+            '{"detail":"the database is unavailable; nothing was changed, retry later"}'
+        }
+        assert {p.headers["retry-after"] for p in polls} == {"5"}
+        with platform.client() as client:  # back at the first read
+            assert client.get(polled).status_code == 200
 
         work.submit_many(6)  # the API is back by itself
         work.wait_all_terminal(240)

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from api.schemas import Progress, TaskStatus
 from audit.db import session_scope
 from audit.models import Batch, Expense, Finding
 from audit.settings import Settings
@@ -216,6 +217,45 @@ def test_an_unknown_task_is_404_not_pending(platform: Platform) -> None:
         response = client.get(f"/tasks/{uuid.uuid4()}")
     assert response.status_code == 404
     assert response.json() == {"detail": "task not found"}
+
+
+def test_a_task_reads_whole_for_its_tenant_and_404_for_another(platform: Platform) -> None:
+    """GET /tasks/{id} reads on the event loop (audit.asyncdb), on SQLite and PostgreSQL:
+    the same answer the ORM's row gives, and nothing for another tenant."""
+    supplier = make_cnpj(f"polled-{uuid.uuid4()}")
+    register_active(platform, supplier)
+    condominium = platform.create_condominium()
+    with platform.client() as client:
+        task_id = submit(client, condominium, [expense("p1", supplier)]).json()["task_id"]
+    assert platform.wait_for_status(task_id, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
+    with session_scope(platform.database_url) as session:
+        batch = session.get_one(Batch, task_id)
+        expected = TaskStatus(
+            task_id=batch.id,
+            batch_id=batch.id,
+            condominium_id=batch.condominium_id,
+            status=batch.status,
+            progress=Progress(done=batch.expenses_done, total=batch.expenses_total),
+            failed_attempts=batch.failed_attempts,
+            summary=batch.summary,
+            error=batch.error,
+            trace_id=batch.trace_id,
+            submitted_at=batch.submitted_at,
+            started_at=batch.started_at,
+            finished_at=batch.finished_at,
+        ).model_dump(mode="json")
+    with platform.client() as client:
+        answers = [client.get(f"/tasks/{task_id}") for _ in range(3)]
+    for answer in answers:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json() == expected
+
+    _, other_key = platform.new_tenant("snoop")
+    with platform.client(other_key) as client:
+        refused = [client.get(f"/tasks/{task_id}") for _ in range(3)]  # looked up, then cached
+    assert [r.status_code for r in refused] == [404] * 3
+    assert {r.text for r in refused} == {'{"detail":"task not found"}'}
 
 
 def test_requests_without_a_valid_key_are_401(platform: Platform) -> None:

@@ -14,7 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from sqlalchemy import select
 
 from audit.db import session_scope, upgrade_database
-from audit.models import AuditLogEntry, Batch, DeadLetter
+from audit.models import AuditLogEntry, Batch, Condominium, DeadLetter
 from simulator.otlp_receiver import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support.helpers import active_registration, expense, make_cnpj
 from tests.support.platform import Platform, launch_platform, sqlite_url
@@ -228,3 +228,69 @@ def test_a_dead_letter_keeps_its_trace_and_its_replay_links_back(
     )
     runs = [s for s in spans if s.trace_id == replayed.trace_id and s.name == RUN]
     assert runs[0].attributes["retry.attempt"] == 1
+
+
+def seed_task(platform: Platform) -> str:
+    """A batch of the platform's tenant, written straight to the database."""
+    with session_scope(platform.database_url) as session:
+        condominium = Condominium(tenant_id=platform.tenant_id, name="Traced", audit_settings={})
+        session.add(condominium)
+        session.flush()
+        batch = Batch(tenant_id=platform.tenant_id, condominium_id=condominium.id)
+        session.add(batch)
+        session.flush()
+        return batch.id
+
+
+def assert_status_read_is_traced(platform: Platform, receiver: OtlpReceiver) -> None:
+    """GET /tasks/{id} reads on the event loop; its query is a client span under the
+    request's server span, as the engines' queries are under theirs."""
+    task_id = seed_task(platform)
+    with platform.client() as client:
+        assert client.get(f"/tasks/{task_id}").status_code == 200
+
+    def server(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+        return [
+            s
+            for s in named(spans, "GET /tasks/{task_id}")
+            if s.kind == ProtoSpan.SPAN_KIND_SERVER and task_id in str(s.attributes)
+        ]
+
+    def queries(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSpan]:
+        return [
+            s
+            for s in spans
+            if s.parent_id == parent.span_id
+            and s.kind == ProtoSpan.SPAN_KIND_CLIENT
+            and "db.system" in s.attributes
+        ]
+
+    spans = receiver.wait_for(
+        lambda got: any("FROM batches" in str(queries(got, s)) for s in server(got))
+    )
+    (request,) = server(spans)
+    # (the key's first use adds the engine's lookup of it to the request)
+    (query,) = [q for q in queries(spans, request) if "FROM batches" in str(q.attributes)]
+    assert query.service == "condo-audit-api"
+    assert query.name.startswith("SELECT")
+
+
+def test_the_status_read_is_traced_on_sqlite(traced: Platform, receiver: OtlpReceiver) -> None:
+    assert_status_read_is_traced(traced, receiver)
+
+
+@pytest.mark.postgres
+def test_the_status_read_is_traced_on_postgresql(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: str,
+    dedicated_postgres_url: str,
+    receiver: OtlpReceiver,
+) -> None:
+    otel = {**receiver.exporter_env(), "METRICS_PORT": "0"}
+    platform = launch_platform(
+        tmp_path_factory, redis_server, dedicated_postgres_url, worker=False, extra_env=otel
+    )
+    try:
+        assert_status_read_is_traced(platform, receiver)
+    finally:
+        platform.stop()

@@ -14,7 +14,7 @@ from api.deps import (
     SettingsDep,
     TenantDep,
     not_found,
-    read_connection,
+    reader,
     status_url,
 )
 from api.errors import AUTHENTICATED_ERRORS, NOT_FOUND, queue_unavailable
@@ -158,26 +158,26 @@ def submit_batch_expenses(
 
 
 @router.get("/tasks/{task_id}", response_model=TaskStatus, name="get_task", responses=NOT_FOUND)
-def get_task(task_id: IdPath, tenant: TenantDep, settings: SettingsDep) -> Response:
-    # Polled far more often than anything else: one select, and the model's own JSON
-    # (returning a Response skips FastAPI's second validation of the model).
-    with read_connection(settings) as connection:
-        row = task_status(connection, tenant, task_id)
+async def get_task(task_id: IdPath, tenant: TenantDep, settings: SettingsDep) -> Response:
+    # Polled far more often than anything else: async, so a remembered key's request never
+    # leaves the event loop; one select; the model's own JSON (returning a Response skips
+    # FastAPI's second validation of the model).
+    row = await task_status(reader(settings), tenant, task_id)
     if row is None:
         raise not_found("task")
     task = TaskStatus(
-        task_id=row.id,
-        batch_id=row.id,
-        condominium_id=row.condominium_id,
-        status=row.status,
-        progress=Progress(done=row.expenses_done, total=row.expenses_total),
-        failed_attempts=row.failed_attempts,
-        summary=row.summary,
-        error=row.error,
-        trace_id=row.trace_id,
-        submitted_at=row.submitted_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
+        task_id=row["id"],
+        batch_id=row["id"],
+        condominium_id=row["condominium_id"],
+        status=row["status"],
+        progress=Progress(done=row["expenses_done"], total=row["expenses_total"]),
+        failed_attempts=row["failed_attempts"],
+        summary=row["summary"],
+        error=row["error"],
+        trace_id=row["trace_id"],
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
     )
     return Response(task.model_dump_json(), media_type="application/json")
 
