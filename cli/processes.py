@@ -80,17 +80,9 @@ def stop_all(processes: list[ManagedProcess], timeout: float = 15.0) -> None:
 
 
 def spawn(
-    name: str,
-    argv: list[str],
-    env: Mapping[str, str],
-    log_dir: Path,
-    cwd: Path | None = None,
-    niceness: int = 0,
+    name: str, argv: list[str], env: Mapping[str, str], log_dir: Path, cwd: Path | None = None
 ) -> ManagedProcess:
-    """`niceness`: added to the process's scheduling niceness (nice(1)), children included."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    if niceness:
-        argv = ["nice", "-n", str(niceness), *argv]
     log_path = log_dir / f"{name}.log"
     log_file = log_path.open("ab")
     popen = subprocess.Popen(
@@ -229,11 +221,8 @@ def spawn_worker(
     queue: str = "audit",
     pool: str = "prefork",
     include: list[str] | None = None,
-    niceness: int = 0,
 ) -> Starting:
-    """`include`: extra task modules (`--include`), e.g. a benchmark's reference task.
-    `niceness`: a lower CPU priority for the worker and its pool, so that on a machine it
-    shares with the API, the API is served first (as its own pod's CPU request would)."""
+    """`include`: extra task modules (`--include`), e.g. a benchmark's reference task."""
     argv = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "-Q", queue, "--concurrency", str(concurrency), "--pool", pool,
@@ -244,7 +233,5 @@ def spawn_worker(
         argv += ["--include", ",".join(include)]
     heartbeat = log_dir / f"{name}.heartbeat"
     heartbeat.unlink(missing_ok=True)
-    process = spawn(
-        name, argv, {**env, "WORKER_HEARTBEAT_FILE": str(heartbeat)}, log_dir, niceness=niceness
-    )
+    process = spawn(name, argv, {**env, "WORKER_HEARTBEAT_FILE": str(heartbeat)}, log_dir)
     return Starting(process, heartbeat.exists, f"celery worker {name}", 60)

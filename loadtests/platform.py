@@ -121,9 +121,7 @@ class LocalPlatform:
     env: dict[str, str]
     processes: list[ManagedProcess] = field(default_factory=list)
 
-    def start_workers(
-        self, count: int, concurrency: int, include: Iterable[str] = (), niceness: int = 0
-    ) -> None:
+    def start_workers(self, count: int, concurrency: int, include: Iterable[str] = ()) -> None:
         starting = [
             spawn_worker(
                 self.env,
@@ -132,7 +130,6 @@ class LocalPlatform:
                 concurrency=concurrency,
                 queue=self.env["AUDIT_QUEUE"],
                 include=list(include),
-                niceness=niceness,
             )
             for number in range(count)
         ]

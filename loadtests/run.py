@@ -70,9 +70,6 @@ class Profile:
     # True: administrators learn a batch ended from its webhook and read its status once;
     # False: they poll GET /tasks/{id} every poll_seconds (the month-end shape before webhooks).
     webhooks: bool = True
-    # Added to the audit workers' niceness: on this one machine the API, PostgreSQL and the
-    # load generator are then served before the workers, as the API's own pods would be.
-    worker_niceness: int = 0
     slo: slo.Slo = field(default_factory=slo.Slo)
     limits: ProviderLimits = field(default_factory=ProviderLimits)
 
@@ -151,9 +148,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="prefork children per Celery worker")
     parser.add_argument("--poll-seconds", type=float, help="interval between status polls")
     parser.add_argument("--cached-fraction", type=float, help="suppliers already cached")
-    parser.add_argument(
-        "--worker-niceness", type=int, help="added to the audit workers' niceness (nice(1))"
-    )
     parser.add_argument(
         "--webhooks",
         action=argparse.BooleanOptionalAction,
@@ -272,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             extra_env=WEBHOOK_ENV if profile.webhooks else None,
         )  # fmt: skip
         try:
-            platform.start_workers(
-                profile.workers, profile.concurrency, niceness=profile.worker_niceness
-            )
+            platform.start_workers(profile.workers, profile.concurrency)
             if profile.webhooks:
                 platform.start_webhooks_worker()
             plan = seed(platform, profile, config, out)
@@ -284,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"platform up on {platform.database.kind} in {time.monotonic() - started:.1f} s: "
                 f"API {profile.api_workers} uvicorn workers, {profile.workers} Celery workers "
-                f"x {profile.concurrency}"
-                + (f" at nice +{profile.worker_niceness}" if profile.worker_niceness else "")
-                + f"; {facts['expenses']:,} expenses, "
+                f"x {profile.concurrency}; {facts['expenses']:,} expenses, "
                 f"{facts['unique_cnpjs']:,} suppliers ({facts['cached_cnpjs']:,} cached), "
                 f"{facts['transaction_pages']:,} Pluggy pages, {facts['tenants']} tenants",
                 flush=True,

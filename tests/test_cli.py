@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sqlite3
 import subprocess
@@ -17,10 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from audit.db import upgrade_database
 from audit.settings import DEFAULT_DATABASE_URL, get_settings
 from cli.main import build_parser, main
-from cli.processes import free_port, spawn_worker
+from cli.processes import free_port
 from cli.run import STATE_DIR, rotate_logs
 
 
@@ -170,34 +168,3 @@ def test_a_reader_that_goes_away_is_not_an_error(workdir: Path) -> None:
     _, err = listing.communicate(timeout=60)
     assert err == b""
     assert listing.returncode == 0
-
-
-def _parent_pid(stat: Path) -> int | None:
-    try:
-        return int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):  # the process ended while being read
-        return None
-
-
-def test_a_worker_started_nicer_runs_its_pool_at_that_niceness(
-    tmp_path: Path, redis_server: str
-) -> None:
-    """The load run lowers the workers' CPU priority below the API's: the main process and
-    the pool processes it forks must all carry it."""
-    database_url = f"sqlite:///{tmp_path / 'condo-audit.db'}"
-    upgrade_database(database_url)
-    env = {"REDIS_URL": redis_server, "DATABASE_URL": database_url}
-    worker = spawn_worker(env, tmp_path / "logs", concurrency=2, niceness=7).wait()
-    try:
-        main_pid = worker.popen.pid
-        children = [
-            int(stat.parent.name)
-            for stat in Path("/proc").glob("[0-9]*/stat")
-            if _parent_pid(stat) == main_pid
-        ]
-        assert len(children) == 2
-        own = os.getpriority(os.PRIO_PROCESS, 0)
-        for pid in [main_pid, *children]:
-            assert os.getpriority(os.PRIO_PROCESS, pid) == min(own + 7, 19)
-    finally:
-        worker.stop()
