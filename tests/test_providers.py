@@ -373,6 +373,25 @@ def test_pluggy_reauthenticates_once_when_the_key_is_refused(
     assert stats["transactions"]["by_status"] == {"200": 2, "401": 1}
 
 
+def test_pluggy_key_is_kept_in_the_process_no_longer_than_in_redis(
+    sim: SimulatorServer, redis: Redis, http: httpx.Client
+) -> None:
+    """A process reuses the key it read without asking Redis each time, but never past the
+    key's expiry there: once Redis forgets the key, the next call authenticates again."""
+    client = pluggy(sim, redis, http, key_reuse_seconds=1.0)
+    first = client.api_key()
+    redis.set("pluggy:api-key", "replaced-elsewhere", px=2000)
+    assert client.api_key() == first  # kept locally (the key it read lives 1 s in Redis)
+    time.sleep(1.1)
+    assert client.api_key() == "replaced-elsewhere"  # read again once its own had expired
+    redis.delete("pluggy:api-key")
+    time.sleep(0.05)
+    assert client.api_key() == "replaced-elsewhere"  # kept no longer than its 2 s in Redis
+    time.sleep(2.0)
+    assert client.api_key() not in (first, "replaced-elsewhere")
+    assert sim.stats()["pluggy"]["auth"]["received"] == 2
+
+
 def test_pluggy_bad_credentials_are_rejected(
     sim: SimulatorServer, redis: Redis, http: httpx.Client
 ) -> None:
