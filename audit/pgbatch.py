@@ -33,15 +33,15 @@ from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings
 
 TERMINAL = (str(BatchStatus.SUCCESS), str(BatchStatus.FAILURE))
 
-# Marks the batch started unless unknown or finished; the columns the run needs.
+# Marks the batch started unless unknown or finished; the columns the run needs, its
+# condominium's settings with them.
 START = (
-    "UPDATE batches SET status = %(started)s, started_at = COALESCE(started_at, %(now)s) "
-    "WHERE id = %(batch_id)s AND status <> ALL(%(terminal)s) "
-    "RETURNING tenant_id, condominium_id, failed_attempts"
-)
-CONDOMINIUM = (
-    "SELECT c.pluggy_account_id, c.audit_settings FROM condominiums c "
-    "JOIN batches b ON b.condominium_id = c.id WHERE b.id = %(batch_id)s"
+    "UPDATE batches SET status = %(started)s, "
+    "started_at = COALESCE(batches.started_at, %(now)s) FROM condominiums c "
+    "WHERE batches.id = %(batch_id)s AND batches.status <> ALL(%(terminal)s) "
+    "AND c.id = batches.condominium_id "
+    "RETURNING batches.tenant_id, batches.condominium_id, batches.failed_attempts, "
+    "c.pluggy_account_id, c.audit_settings"
 )
 # An ExpenseFacts' fields, in order.
 EXPENSES = (
@@ -83,16 +83,20 @@ WEBHOOK_EVENTS = (
     "SELECT events FROM webhooks WHERE tenant_id = %(tenant_id)s AND deleted_at IS NULL"
 )
 DELETE_FINDINGS = "DELETE FROM findings WHERE batch_id = %(batch_id)s"
-CLEAR_MATCHES = (
-    "UPDATE bank_transactions SET matched_expense_id = NULL "
-    "WHERE matched_expense_id = ANY(CAST(%(expense_ids)s AS integer[]))"
-)
+# The batch's bank matches replaced in one statement: every debit paired with one of its
+# expenses or named by a new match gets its new expense (NULL: none), rows left as they were
+# untouched (a re-run writes no new row versions for them).
 STORE_MATCHES = (
-    "UPDATE bank_transactions SET matched_expense_id = m.expense_id "
-    "FROM unnest(CAST(%(transaction_ids)s AS varchar[]), CAST(%(expense_ids)s AS integer[])) "
-    "AS m(transaction_id, expense_id) "
-    "WHERE bank_transactions.condominium_id = %(condominium_id)s "
-    "AND bank_transactions.provider_transaction_id = m.transaction_id"
+    "UPDATE bank_transactions SET matched_expense_id = m.expense_id FROM ("
+    "SELECT t.id, x.expense_id FROM bank_transactions t "
+    "LEFT JOIN unnest(CAST(%(transaction_ids)s AS varchar[]), "
+    "CAST(%(matched_ids)s AS integer[])) AS x(transaction_id, expense_id) "
+    "ON t.condominium_id = %(condominium_id)s AND t.provider_transaction_id = x.transaction_id "
+    "WHERE t.matched_expense_id = ANY(CAST(%(expense_ids)s AS integer[])) "
+    "OR (t.condominium_id = %(condominium_id)s "
+    "AND t.provider_transaction_id = ANY(CAST(%(transaction_ids)s AS varchar[])))"
+    ") AS m WHERE bank_transactions.id = m.id "
+    "AND bank_transactions.matched_expense_id IS DISTINCT FROM m.expense_id"
 )
 STORE_FINDINGS = (
     "INSERT INTO findings (batch_id, condominium_id, expense_id, rule_code, severity, message, "
@@ -166,13 +170,11 @@ def start(session: Session, batch_id: str) -> Started | None:
         AuditLogService(session).queue(
             raw, batch_id, AuditEvent.STARTED, now=now, attempt_while_status=started_status
         )
-        condominium, expenses, registrations = (raw.cursor() for _ in range(3))
-        condominium.execute(CONDOMINIUM, params)
+        expenses, registrations = raw.cursor(), raw.cursor()
         expenses.execute(EXPENSES, params)
         registrations.execute(REGISTRATIONS, params)
         raw.commit()
         batch = marked.fetchone()
-        settings = condominium.fetchone()
         facts = [ExpenseFacts(*row) for row in expenses.fetchall()]
         cached = [
             (
@@ -186,15 +188,15 @@ def start(session: Session, batch_id: str) -> Started | None:
             for (cnpj, found, provider, legal_name, status, status_date, opened_on, main_cnae,
                  legal_nature, is_mei, is_simples, fetched_at) in registrations.fetchall()
         ]  # fmt: skip
-    if batch is None or settings is None:
+    if batch is None:
         return None
-    tenant_id, condominium_id, failed_attempts = batch
+    tenant_id, condominium_id, failed_attempts, account_id, stored_settings = batch
     return Started(
         tenant_id=tenant_id,
         condominium_id=condominium_id,
         attempt=failed_attempts + 1,
-        account_id=settings[0],
-        stored_settings=settings[1],
+        account_id=account_id,
+        stored_settings=stored_settings,
         expenses=facts,
         registrations=cached,
     )
@@ -291,14 +293,13 @@ def write_result(
     params: dict[str, Any] = {"batch_id": batch_id, "condominium_id": condominium_id, "now": now}
     raw.cursor().execute(DELETE_FINDINGS, params)
     if expenses:
-        raw.cursor().execute(CLEAR_MATCHES, {"expense_ids": [e.expense_id for e in expenses]})
-    if result.matches:
         raw.cursor().execute(
             STORE_MATCHES,
             {
                 **params,
+                "expense_ids": [e.expense_id for e in expenses],
                 "transaction_ids": list(result.matches.values()),
-                "expense_ids": list(result.matches.keys()),
+                "matched_ids": list(result.matches.keys()),
             },
         )
     if result.findings:

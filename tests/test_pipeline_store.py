@@ -271,6 +271,29 @@ def test_a_run_starts_audits_and_records_the_batch(database_url: str) -> None:
     with session_scope(database_url) as session:
         assert len(AuditLogService(session).entries(batch_id)) == len(trail)
 
+    # A re-run (a recovered batch) replaces the matches: a stale pairing of e1 goes.
+    e0, e1 = (e.expense_id for e in work.expenses)
+    with session_scope(database_url) as session:
+        session.get_one(Batch, batch_id).status = "RETRY"
+        stale = session.scalars(
+            select(BankTransaction).where(BankTransaction.provider_transaction_id == "tx7")
+        ).one()
+        stale.matched_expense_id = e1
+    rerun = auditor.begin(batch_id)
+    assert rerun is not None
+    assert rerun[1] == 1
+    assert auditor.audit(rerun[0]).summary == outcome.summary
+    with session_scope(database_url) as session:
+        matched = dict(
+            session.execute(
+                select(BankTransaction.provider_transaction_id, BankTransaction.matched_expense_id)
+            ).all()
+        )
+        assert matched == {"tx0": e0, "tx7": None}
+        assert findings_summary(session, batch_id) == outcome.summary
+        events = [e.event for e in AuditLogService(session).entries(batch_id)]
+    assert events[-4:] == ["started", "finished", "started", "finished"]
+
 
 def test_an_unknown_batch_is_not_started(database_url: str) -> None:
     auditor = BatchAuditor(
