@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from enum import StrEnum
 from typing import Any, cast
 
@@ -23,6 +25,21 @@ class AuditEvent(StrEnum):
     REQUEUED = "requeued"
     DISCARDED = "discarded"
     FINISHED = "finished"
+
+
+# PostgreSQL's batch path (audit.pgbatch) queues its entries in a psycopg pipeline.
+_PG_ENTRY = (
+    "INSERT INTO audit_log (batch_id, event, attempt, detail, trace_id, created_at) "
+    "VALUES (%(batch_id)s, %(event)s, %(attempt)s, CAST(%(detail)s AS json), %(trace_id)s, "
+    "%(created_at)s)"
+)
+# The attempt read from the batch row, only while the batch has `status` (in the pipeline
+# that marks it started: nothing when the start found it finished).
+_PG_ENTRY_FROM_BATCH = (
+    "INSERT INTO audit_log (batch_id, event, attempt, detail, trace_id, created_at) "
+    "SELECT id, %(event)s, failed_attempts + 1, CAST(%(detail)s AS json), %(trace_id)s, "
+    "%(created_at)s FROM batches WHERE id = %(batch_id)s AND status = %(status)s"
+)
 
 
 class AuditLogService:
@@ -65,6 +82,31 @@ class AuditLogService:
                 "created_at": utcnow(),
             },
         )
+
+    def queue(
+        self,
+        driver_connection: Any,
+        batch_id: str,
+        event: AuditEvent,
+        *,
+        now: dt.datetime,
+        attempt_while_status: str | None = None,
+        **detail: Any,
+    ) -> None:
+        """As `append`, on the session's psycopg connection in pipeline mode: sent with the
+        statements around it, no round trip of its own. `attempt_while_status`: the attempt
+        is the batch's failed_attempts + 1, written only while the batch has that status."""
+        params = {
+            "batch_id": batch_id,
+            "event": event.value,
+            "attempt": None,
+            "detail": json.dumps(detail, separators=(",", ":")),
+            "trace_id": current_trace_id(),
+            "created_at": now,
+            "status": attempt_while_status,
+        }
+        query = _PG_ENTRY if attempt_while_status is None else _PG_ENTRY_FROM_BATCH
+        driver_connection.cursor().execute(query, params)
 
     def entries(self, batch_id: str) -> list[AuditLogEntry]:
         query = (

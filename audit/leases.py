@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ class BatchLeases:
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._renewer: _Renewer | None = None
 
     def acquire(self, batch_id: str) -> Acquired:
         """Take the batch for this run, unless another live run holds it."""
@@ -119,22 +121,73 @@ class BatchLeases:
 
     @contextmanager
     def kept(self, batch_id: str, value: str) -> Iterator[None]:
-        """Renew the lease every third of its length while the block runs."""
-        stop = threading.Event()
+        """Renew the lease every third of its length while the block runs.
 
-        def renew_until_stopped() -> None:
-            while not stop.wait(self.lease_seconds / 3):
-                try:
-                    if not self.renew(batch_id, value):
-                        log.warning("batch %s: lease lost (taken over after expiry)", batch_id)
-                        return
-                except RedisError as exc:
-                    log.warning("batch %s: lease not renewed (%s)", batch_id, type(exc).__name__)
-
-        thread = threading.Thread(target=renew_until_stopped, name="lease", daemon=True)
-        thread.start()
+        One renewer thread per process serves every kept lease: a batch starts and stops no
+        thread of its own (a start and a join per batch, the join waiting for the thread to
+        be scheduled on a busy machine)."""
+        renewer = self._renewer
+        while renewer is None or not renewer.add(batch_id, value):
+            renewer = self._renewer = _Renewer(self)
         try:
             yield
         finally:
-            stop.set()
-            thread.join(timeout=5)
+            renewer.remove(batch_id, value)
+
+
+class _Renewer:
+    """The thread that renews the kept leases when each falls due. A renewal runs under the
+    lock, so once `remove` returns no renewal of that lease is under way or to come. The
+    thread ends after IDLE_SECONDS with nothing to renew (a new one starts with the next
+    lease), so a process holding leases no more keeps no thread."""
+
+    IDLE_SECONDS = 60.0
+
+    def __init__(self, leases: BatchLeases) -> None:
+        self.leases = leases
+        self.period = leases.lease_seconds / 3
+        self.lock = threading.Condition()
+        self.due: dict[tuple[str, str], float] = {}  # (batch, value) -> monotonic due time
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="lease", daemon=True)
+        self.thread.start()
+
+    def add(self, batch_id: str, value: str) -> bool:
+        """Keep renewing this lease; False when the thread has ended (take a new renewer)."""
+        with self.lock:
+            if self.stopped:
+                return False
+            self.due[(batch_id, value)] = time.monotonic() + self.period
+            self.lock.notify()
+            return True
+
+    def remove(self, batch_id: str, value: str) -> None:
+        with self.lock:
+            self.due.pop((batch_id, value), None)
+
+    def _run(self) -> None:
+        with self.lock:
+            try:
+                while True:
+                    now = time.monotonic()
+                    for entry, due in list(self.due.items()):
+                        if due <= now:
+                            self._renew(entry)
+                    next_due = min(self.due.values(), default=None)
+                    if next_due is not None:
+                        self.lock.wait(max(0.0, next_due - now))
+                    elif not self.lock.wait(self.IDLE_SECONDS) and not self.due:
+                        return
+            finally:
+                self.stopped = True
+
+    def _renew(self, entry: tuple[str, str]) -> None:
+        batch_id, value = entry
+        try:
+            if not self.leases.renew(batch_id, value):
+                log.warning("batch %s: lease lost (taken over after expiry)", batch_id)
+                del self.due[entry]
+                return
+        except RedisError as exc:
+            log.warning("batch %s: lease not renewed (%s)", batch_id, type(exc).__name__)
+        self.due[entry] = time.monotonic() + self.period

@@ -8,7 +8,8 @@ the batch, its settings and its cached suppliers are read in the transaction tha
 started; the fetched transactions, the evaluation and the result in one more. Core
 statements read the columns the rules need (no ORM objects to build), multi-row writes are
 one statement, and every history or candidate query is bounded by an index and a date
-window (migration 0005).
+window (migration 0005). On PostgreSQL the same two transactions go out as psycopg pipelines
+(audit.pgbatch): three round trips and the commits' for the whole batch.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from audit import lifecycle, pgbatch
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import BatchStatus
 from audit.models import BankTransaction, Batch, Condominium, Expense, Finding
@@ -79,6 +81,10 @@ TRANSACTION_COLUMNS = (
 class SupplierSource(Protocol):
     def cached(
         self, cnpjs: Iterable[str], session: Session | None = None
+    ) -> dict[str, Registration]: ...
+
+    def fresh(
+        self, cached: Iterable[tuple[Registration, dt.datetime]]
     ) -> dict[str, Registration]: ...
 
     def get_many(
@@ -127,6 +133,30 @@ class BatchAuditor:
             work = self.load(session, batch)
         return self.audit(work)
 
+    def begin(self, batch_id: str) -> tuple[BatchWork, int] | None:
+        """Mark the batch started and read what the run needs before the providers, in one
+        transaction; (the work, this run's attempt), or None when the batch is unknown or
+        already finished. PostgreSQL sends the transaction as one pipeline (audit.pgbatch)."""
+        with self.sessions.begin() as session:
+            if not pgbatch.is_postgresql(session):
+                batch = lifecycle.start(session, batch_id)
+                if batch is None:
+                    return None
+                return self.load(session, batch), batch.failed_attempts + 1
+            started = pgbatch.start(session, batch_id)
+        if started is None:
+            return None
+        work = BatchWork(
+            batch_id=batch_id,
+            tenant_id=started.tenant_id,
+            condominium_id=started.condominium_id,
+            account_id=started.account_id,
+            stored_settings=started.stored_settings,
+            expenses=started.expenses,
+            registrations=self.suppliers.fresh(started.registrations),
+        )
+        return work, started.attempt
+
     def load(self, session: Session, batch: Batch) -> BatchWork:
         """Everything the run reads before the providers, in the caller's transaction (the
         worker's, that marks the batch started)."""
@@ -151,6 +181,10 @@ class BatchAuditor:
                 bank_data_available = True
 
         with self.sessions.begin() as session:
+            if pgbatch.is_postgresql(session):
+                return self._store_pipelined(
+                    session, work, records, registrations, settings, bank_data_available
+                )
             store_transactions(session, work.condominium_id, records)
             transactions = load_transactions(
                 session, work.condominium_id, work.batch_id, expenses, settings
@@ -180,6 +214,56 @@ class BatchAuditor:
             AuditLogService(session).record(work.batch_id, AuditEvent.FINISHED, **summary)
             # The webhook outbox, in the transaction that records the status.
             deliveries = record_batch_event(session, work.batch_id, EventType.BATCH_SUCCEEDED)
+        return AuditOutcome(summary=summary, deliveries=deliveries)
+
+    def _store_pipelined(
+        self,
+        session: Session,
+        work: BatchWork,
+        records: list[BankTransactionRecord],
+        registrations: dict[str, Registration],
+        settings: RuleSettings,
+        bank_data_available: bool,
+    ) -> AuditOutcome:
+        """`audit`'s transaction on PostgreSQL: the bank rows stored and the rules' inputs
+        read in one round trip, the result and the commit in another. The tenant's webhook
+        subscriptions are read with the inputs; only a tenant subscribed to the event takes
+        the outbox's own path (record_batch_event) before the commit."""
+        expenses = work.expenses
+        event = EventType.BATCH_SUCCEEDED
+        with pgbatch.driver(session) as raw, raw.pipeline():
+            inputs = pgbatch.read_inputs(
+                raw,
+                batch_id=work.batch_id,
+                tenant_id=work.tenant_id,
+                condominium_id=work.condominium_id,
+                records=records,
+                expenses=expenses,
+                settings=settings,
+                history_days=HISTORY_DAYS,
+            )
+            result = evaluate(
+                expenses,
+                registrations,
+                inputs.transactions,
+                inputs.history,
+                settings,
+                bank_data_available=bank_data_available,
+            )
+            summary = summarize(result.findings)
+            pgbatch.write_result(
+                session,
+                raw,
+                batch_id=work.batch_id,
+                condominium_id=work.condominium_id,
+                result=result,
+                expenses=expenses,
+                summary=summary,
+            )
+            subscribed = any(event.value in events for events in inputs.webhook_events)
+            if not subscribed:
+                raw.commit()
+        deliveries = record_batch_event(session, work.batch_id, event) if subscribed else 0
         return AuditOutcome(summary=summary, deliveries=deliveries)
 
     def _resolve_suppliers(

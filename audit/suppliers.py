@@ -178,6 +178,12 @@ class SupplierDirectory:
                     found[row.cnpj] = to_registration(row)
         return found
 
+    def fresh(self, cached: Iterable[tuple[Registration, dt.datetime]]) -> dict[str, Registration]:
+        """Those of `cached` (registrations read elsewhere, with when each was fetched) that
+        are fresh, as `cached()` would return them."""
+        oldest = dt.datetime.now(dt.UTC) - self.freshness
+        return {r.cnpj: r for r, fetched_at in cached if _utc(fetched_at) >= oldest}
+
     def get(self, cnpj: str) -> Registration:
         try:
             canonical = normalize_cnpj(cnpj)

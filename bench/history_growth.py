@@ -77,6 +77,9 @@ class MemorySuppliers:
     ) -> dict[str, Registration]:
         return {c: self.known[c] for c in cnpjs if c in self.known}
 
+    def fresh(self, cached: Iterable[tuple[Registration, dt.datetime]]) -> dict[str, Registration]:
+        return self.cached(r.cnpj for r, _ in cached)
+
     def get_many(
         self,
         cnpjs: Iterable[str],

@@ -9,8 +9,12 @@ from typing import cast
 
 import pytest
 from pydantic import ValidationError
+from redis import Redis
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 
+from audit import pgbatch
+from audit.auditlog import AuditLogService
 from audit.auth import create_tenant
 from audit.batches import ExpenseInput, findings_summary, submit_batch
 from audit.db import session_factory, session_scope
@@ -24,8 +28,14 @@ from audit.pipeline import (
     store_transactions,
     summarize,
 )
-from audit.providers.base import BankTransactionRecord
+from audit.providers.base import (
+    BankTransactionRecord,
+    CnpjLookup,
+    Registration,
+    RegistrationStatus,
+)
 from audit.rules import BatchEvaluation, FindingDraft, RuleCode, Severity, fingerprint
+from audit.suppliers import SupplierDirectory, upsert_registration
 
 DAY = dt.date(2026, 10, 10)
 SUPPLIER = "11222333000181"
@@ -185,3 +195,121 @@ def test_settings_the_rules_reject_fail_the_audit_not_the_start(database_url: st
     )
     with pytest.raises(ValidationError, match="match_window_days"):
         auditor.audit(work)
+
+
+class FixedTransactions:
+    """A TransactionSource that answers every fetch with the same bank rows."""
+
+    name = "fixed"
+
+    def __init__(self, records: list[BankTransactionRecord]) -> None:
+        self.records = records
+
+    def fetch(self, account_id: str, start: dt.date, end: dt.date) -> list[BankTransactionRecord]:
+        return [r for r in self.records if start <= r.date <= end]
+
+
+def cached_supplier(url: str) -> SupplierDirectory:
+    """The directory over a cache that already holds the supplier (no lookup is made)."""
+    with session_scope(url) as session:
+        upsert_registration(
+            session,
+            Registration(SUPPLIER, True, "test", "Fornecedor", RegistrationStatus.ATIVA,
+                         opened_on=dt.date(2010, 1, 1)),
+        )  # fmt: skip
+    return SupplierDirectory(
+        session_factory(url), cast(CnpjLookup, object()), Redis.from_url("redis://127.0.0.1:1")
+    )
+
+
+def test_a_run_starts_audits_and_records_the_batch(database_url: str) -> None:
+    """begin() and audit(), the worker's two transactions (one pipeline each on PostgreSQL):
+    the start and its audit entry, the inputs read, the result and the trail written."""
+    tenant_id, condominium_id = setup(database_url)
+    with session_scope(database_url) as session:
+        session.get_one(Condominium, condominium_id).pluggy_account_id = "acc"
+    batch_id = submit(database_url, condominium_id, tenant_id, [DAY, DAY + dt.timedelta(days=2)])
+    auditor = BatchAuditor(
+        session_factory(database_url),
+        cached_supplier(database_url),
+        FixedTransactions([record(0, receiver_document=SUPPLIER), record(7)]),
+    )
+    begun = auditor.begin(batch_id)
+    assert begun is not None
+    work, attempt = begun
+    assert attempt == 1
+    assert (work.tenant_id, work.condominium_id, work.account_id) == (
+        tenant_id,
+        condominium_id,
+        "acc",
+    )
+    assert [e.external_id for e in work.expenses] == ["e0", "e1"]
+    assert set(work.registrations) == {SUPPLIER}
+    with session_scope(database_url) as session:
+        assert session.get_one(Batch, batch_id).status == "STARTED"
+
+    outcome = auditor.audit(work)
+    assert outcome.deliveries == 0
+    with session_scope(database_url) as session:
+        batch = session.get_one(Batch, batch_id)
+        assert (batch.status, batch.expenses_done, batch.error) == ("SUCCESS", 2, None)
+        assert batch.summary == outcome.summary == findings_summary(session, batch_id)
+        assert batch.started_at is not None
+        assert batch.finished_at is not None
+        assert outcome.summary["by_rule"].get("NO_BANK_MATCH") == 1  # e1 has no payment
+        matched = dict(
+            session.execute(
+                select(BankTransaction.provider_transaction_id, BankTransaction.matched_expense_id)
+            ).all()
+        )
+        # tx7 is stored too, but pays nothing (its amount is no expense's).
+        assert matched == {"tx0": work.expenses[0].expense_id, "tx7": None}
+        trail = [(e.event, e.attempt, e.detail) for e in AuditLogService(session).entries(batch_id)]
+    assert trail[1:] == [("started", 1, {}), ("finished", None, outcome.summary)]
+    # Finished: a duplicate message finds nothing to do and writes nothing.
+    assert auditor.begin(batch_id) is None
+    with session_scope(database_url) as session:
+        assert len(AuditLogService(session).entries(batch_id)) == len(trail)
+
+    # A re-run (a recovered batch) replaces the matches: a stale pairing of e1 goes.
+    e0, e1 = (e.expense_id for e in work.expenses)
+    with session_scope(database_url) as session:
+        session.get_one(Batch, batch_id).status = "RETRY"
+        stale = session.scalars(
+            select(BankTransaction).where(BankTransaction.provider_transaction_id == "tx7")
+        ).one()
+        stale.matched_expense_id = e1
+    rerun = auditor.begin(batch_id)
+    assert rerun is not None
+    assert rerun[1] == 1
+    assert auditor.audit(rerun[0]).summary == outcome.summary
+    with session_scope(database_url) as session:
+        matched = dict(
+            session.execute(
+                select(BankTransaction.provider_transaction_id, BankTransaction.matched_expense_id)
+            ).all()
+        )
+        assert matched == {"tx0": e0, "tx7": None}
+        assert findings_summary(session, batch_id) == outcome.summary
+        events = [e.event for e in AuditLogService(session).entries(batch_id)]
+    assert events[-4:] == ["started", "finished", "started", "finished"]
+
+
+def test_an_unknown_batch_is_not_started(database_url: str) -> None:
+    auditor = BatchAuditor(
+        session_factory(database_url), cast(SupplierSource, object()), transactions=None
+    )
+    assert auditor.begin("no-such-batch") is None
+
+
+def test_a_driver_error_on_the_pipelined_path_is_sqlalchemy_s(database_url: str) -> None:
+    """The worker's retry policy tells SQLAlchemy's exception classes apart."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the driver path is PostgreSQL's")
+    with (
+        pytest.raises(DataError, match="division by zero"),
+        session_scope(database_url) as session,
+        pgbatch.driver(session) as raw,
+        raw.pipeline(),
+    ):
+        raw.execute("SELECT 1 / 0")

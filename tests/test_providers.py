@@ -24,7 +24,7 @@ from audit.providers.base import (
 )
 from audit.providers.cnpj import CnpjWsLookup, MinhaReceitaLookup
 from audit.providers.factory import build_providers
-from audit.providers.http import Budget, parse_release_time, parse_retry_after
+from audit.providers.http import Budget, json_object, parse_release_time, parse_retry_after
 from audit.providers.pluggy import PluggyTransactions
 from audit.ratelimit import RateLimiter
 from audit.settings import Settings
@@ -373,6 +373,25 @@ def test_pluggy_reauthenticates_once_when_the_key_is_refused(
     assert stats["transactions"]["by_status"] == {"200": 2, "401": 1}
 
 
+def test_pluggy_key_is_kept_in_the_process_no_longer_than_in_redis(
+    sim: SimulatorServer, redis: Redis, http: httpx.Client
+) -> None:
+    """A process reuses the key it read without asking Redis each time, but never past the
+    key's expiry there: once Redis forgets the key, the next call authenticates again."""
+    client = pluggy(sim, redis, http, key_reuse_seconds=1.0)
+    first = client.api_key()
+    redis.set("pluggy:api-key", "replaced-elsewhere", px=2000)
+    assert client.api_key() == first  # kept locally (the key it read lives 1 s in Redis)
+    time.sleep(1.1)
+    assert client.api_key() == "replaced-elsewhere"  # read again once its own had expired
+    redis.delete("pluggy:api-key")
+    time.sleep(0.05)
+    assert client.api_key() == "replaced-elsewhere"  # kept no longer than its 2 s in Redis
+    time.sleep(2.0)
+    assert client.api_key() not in (first, "replaced-elsewhere")
+    assert sim.stats()["pluggy"]["auth"]["received"] == 2
+
+
 def test_pluggy_bad_credentials_are_rejected(
     sim: SimulatorServer, redis: Redis, http: httpx.Client
 ) -> None:
@@ -496,3 +515,29 @@ def test_429_storm_and_outage_end_in_success(
     assert stats["by_status"]["429"] == 12
     assert stats["by_status"]["503"] > 0  # the outage was felt
     assert stats["over_limit"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            b'{"results": [{"amount": -10.5}], "totalPages": 1}',
+            {"results": [{"amount": -10.5}], "totalPages": 1},
+        ),
+        ('\ufeff{"apiKey": "k\u00e9"}'.encode(), {"apiKey": "k\u00e9"}),  # a BOM
+        ('{"apiKey": "k"}'.encode("utf-16"), {"apiKey": "k"}),
+        (b'{"amount": NaN}', None),  # the standard decoder's reading, as before
+    ],
+)
+def test_provider_json_is_decoded_as_before(content: bytes, expected: object) -> None:
+    body = json_object("pluggy", httpx.Response(200, content=content))
+    if expected is None:
+        assert body["amount"] != body["amount"]  # NaN
+    else:
+        assert body == expected
+
+
+@pytest.mark.parametrize("content", [b"<html>busy</html>", b"[1, 2]", b""])
+def test_provider_answers_that_are_no_json_object_are_failures(content: bytes) -> None:
+    with pytest.raises(ProviderUnavailable, match=r"not a JSON object|not JSON"):
+        json_object("pluggy", httpx.Response(200, content=content))

@@ -171,13 +171,11 @@ def guarded(task: Task, batch_id: str) -> tuple[dict[str, Any], str]:
 def audit_batch(task: Task, rt: WorkerRuntime, batch_id: str) -> tuple[dict[str, Any], str]:
     span = trace.get_current_span()
     span.set_attribute("batch.id", batch_id)
-    with rt.sessions.begin() as session:
-        batch = lifecycle.start(session, batch_id)
-        if batch is None:
-            log.info("batch %s is unknown or already finished; nothing to do", batch_id)
-            return {"batch_id": batch_id, "skipped": True}, "skipped"
-        attempt = batch.failed_attempts + 1
-        work = rt.auditor.load(session, batch)  # in the same transaction: fewer round trips
+    begun = rt.auditor.begin(batch_id)  # marks it started and reads it: one transaction
+    if begun is None:
+        log.info("batch %s is unknown or already finished; nothing to do", batch_id)
+        return {"batch_id": batch_id, "skipped": True}, "skipped"
+    work, attempt = begun
     span.set_attribute("retry.attempt", attempt)
     try:
         with attempt_scope(attempt):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import orjson
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from audit.observability import metrics
@@ -237,11 +238,17 @@ def _detail_text(response: httpx.Response) -> str:
 
 
 def json_object(provider: str, response: httpx.Response) -> dict[str, Any]:
-    """The body as a JSON object; a garbled answer is a provider failure worth retrying."""
+    """The body as a JSON object; a garbled answer is a provider failure worth retrying.
+
+    orjson decodes a month of Pluggy transactions in about half the time of the standard
+    library; what it refuses (a BOM, another encoding, NaN) gets the standard decoder."""
     try:
-        body = response.json()
-    except ValueError as exc:
-        raise ProviderUnavailable(provider, "answer is not JSON") from exc
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise ProviderUnavailable(provider, "answer is not JSON") from exc
     if not isinstance(body, dict):
         raise ProviderUnavailable(provider, "answer is not a JSON object")
     return body

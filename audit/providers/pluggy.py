@@ -3,6 +3,9 @@
 Pluggy's apiKey lives two hours. Authenticating per task would spend the auth endpoint's
 budget and Pluggy's patience, so the key is kept in Redis (expiring a little before Pluggy
 expires it) and a Redis lock makes one worker authenticate while the others wait for it.
+Each process also keeps the key it last read for up to LOCAL_KEY_SECONDS (never past its
+expiry in Redis), so a batch does not ask Redis for it; a refused key is forgotten locally
+too, and the next call reads Redis again.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime as dt
 import re
 import time
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +31,7 @@ from audit.providers.http import Budget, json_object, send
 
 BRASILIA = ZoneInfo("America/Sao_Paulo")
 PAGE_SIZE = 500  # Pluggy's maximum
+LOCAL_KEY_SECONDS = 60.0
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -66,24 +71,30 @@ class PluggyTransactions:
         self.key_name = key_name
         self.lock_name = f"{key_name}:lock"
         self.locks = FleetLocks(redis)
+        self._local: tuple[str, float] | None = None  # (key, monotonic time to read Redis again)
 
     # The fleet's key ---------------------------------------------------------------------
 
     def api_key(self) -> str:
         """The shared key; authenticates (once for the fleet) when there is none."""
+        local = self._local
+        if local is not None and time.monotonic() < local[1]:
+            return local[0]
         deadline = time.monotonic() + self.auth_wait_seconds
         while True:
-            cached = _text(self.redis.get(self.key_name))
+            cached = self._read_shared()
             if cached:
                 return cached
             token = self.locks.try_acquire(self.lock_name, self.auth_wait_seconds)
             if token is not None:
                 try:
-                    cached = _text(self.redis.get(self.key_name))
+                    cached = self._read_shared()
                     if cached:
                         return cached
                     key = self._authenticate()
-                    self.redis.set(self.key_name, key, ex=max(1, int(self.key_reuse_seconds)))
+                    ttl = max(1, int(self.key_reuse_seconds))
+                    self.redis.set(self.key_name, key, ex=ttl)
+                    self._keep(key, ttl * 1000)
                     return key
                 finally:
                     self.locks.release(self.lock_name, token)
@@ -91,9 +102,29 @@ class PluggyTransactions:
                 raise ProviderUnavailable(self.name, "another worker's authentication timed out")
             time.sleep(0.05)
 
+    def _read_shared(self) -> str | None:
+        """The key in Redis, kept locally until it expires there (LOCAL_KEY_SECONDS at most)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.key_name)
+        pipe.pttl(self.key_name)
+        raw, ttl_ms = pipe.execute()
+        key = _text(raw)
+        if key:
+            self._keep(key, int(ttl_ms))
+        return key
+
+    def _keep(self, key: str, ttl_ms: int) -> None:
+        if ttl_ms > 0:  # -1: no expiry set (someone stored it by hand): the local bound holds
+            seconds = min(LOCAL_KEY_SECONDS, ttl_ms / 1000)
+        else:
+            seconds = 0.0 if ttl_ms == -2 else LOCAL_KEY_SECONDS
+        self._local = (key, time.monotonic() + seconds)
+
     def forget_key(self, key: str) -> None:
         """Drop the shared key only if it is still the refused one (another worker may
-        already have stored a fresh one)."""
+        already have stored a fresh one); locally in any case."""
+        if self._local is not None and self._local[0] == key:
+            self._local = None
         self.locks.delete_if_equal(self.key_name, key)
 
     def _authenticate(self) -> str:
@@ -181,13 +212,18 @@ class PluggyTransactions:
         )
 
 
+@lru_cache(maxsize=4096)
 def _local_date(text: str) -> dt.date:
+    """Cached: a month's transactions share a handful of timestamps (a day's, or midnight)."""
     if len(text) == 10:
         return dt.date.fromisoformat(text)
     moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
         return moment.date()
     return moment.astimezone(BRASILIA).date()
+
+
+_CNPJ_NOISE = re.compile(r"[.\-/\s]")
 
 
 def _receiver_cnpj(raw: dict[str, Any]) -> str | None:
@@ -201,5 +237,7 @@ def _receiver_cnpj(raw: dict[str, Any]) -> str | None:
         value = (raw.get("merchant") or {}).get("cnpj")
     if not value:
         return None
-    compact = re.sub(r"[.\-/\s]", "", str(value)).upper()
+    if isinstance(value, str) and len(value) == 14 and value.isdigit():
+        return value  # already compact, as Pluggy sends it
+    compact = _CNPJ_NOISE.sub("", str(value)).upper()
     return compact if len(compact) == 14 else None
