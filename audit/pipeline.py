@@ -15,7 +15,6 @@ window (migration 0005). On PostgreSQL the same two transactions go out as psyco
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -32,9 +31,9 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -292,57 +291,12 @@ class BatchAuditor:
             )
 
 
-# PostgreSQL takes a batch's bank rows as one JSON document: one short statement whatever the
-# row count, parsed and planned once per connection (psycopg prepares it), where a multi-row
-# VALUES list is a new query text per size, executemany a statement per row, and arrays a
-# Python dump per element (json.dumps encodes in C).
-PG_STORE_TRANSACTIONS = text(
-    "INSERT INTO bank_transactions (condominium_id, provider_transaction_id, account_id, "
-    "date, amount, description, type, status, receiver_document) "
-    "SELECT :condominium_id, r.id, r.account_id, r.date, r.amount, r.description, r.type, "
-    "r.status, r.receiver_document FROM json_to_recordset(CAST(:rows AS json)) AS r("
-    "id varchar, account_id varchar, date date, amount numeric, description varchar, "
-    "type varchar, status varchar, receiver_document varchar) "
-    "ON CONFLICT (condominium_id, provider_transaction_id) DO NOTHING"
-)
-PG_STORE_MATCHES = text(
-    "UPDATE bank_transactions SET matched_expense_id = m.expense_id "
-    "FROM unnest(CAST(:transaction_ids AS varchar[]), CAST(:expense_ids AS integer[])) "
-    "AS m(transaction_id, expense_id) "
-    "WHERE bank_transactions.condominium_id = :condominium_id "
-    "AND bank_transactions.provider_transaction_id = m.transaction_id"
-)
-
-
-def is_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 def store_transactions(
     session: Session, condominium_id: str, records: list[BankTransactionRecord]
 ) -> None:
     """Store the fetched transactions, skipping those already stored, in the transaction
-    that reads the candidates."""
+    that reads the candidates (the portable path; PostgreSQL's batches use audit.pgbatch)."""
     if not records:
-        return
-    if is_postgresql(session):
-        document = [
-            {
-                "id": r.id,
-                "account_id": r.account_id,
-                "date": r.date.isoformat(),
-                "amount": str(r.amount),
-                "description": r.description[:500],
-                "type": r.type,
-                "status": r.status,
-                "receiver_document": r.receiver_document,
-            }
-            for r in records
-        ]
-        session.execute(
-            PG_STORE_TRANSACTIONS,
-            {"condominium_id": condominium_id, "rows": json.dumps(document, separators=(",", ":"))},
-        )
         return
     rows = [
         {
@@ -359,7 +313,8 @@ def store_transactions(
         for r in records
     ]
     # One statement executed with many parameter sets (SQLite runs in the process).
-    statement = sqlite_insert(TRANSACTIONS_TABLE).on_conflict_do_nothing(
+    upsert = postgresql_insert if pgbatch.is_postgresql(session) else sqlite_insert
+    statement = upsert(TRANSACTIONS_TABLE).on_conflict_do_nothing(
         index_elements=["condominium_id", "provider_transaction_id"]
     )
     session.execute(statement, rows)
@@ -484,21 +439,13 @@ def store_result(
     result: BatchEvaluation,
     expenses: Sequence[ExpenseFacts],
 ) -> None:
-    """Replace the batch's findings and bank matches: a re-run leaves the same rows."""
+    """Replace the batch's findings and bank matches: a re-run leaves the same rows (the
+    portable path; PostgreSQL's batches use audit.pgbatch)."""
     table = TRANSACTIONS_TABLE
     session.execute(delete(FINDINGS_TABLE).where(FINDINGS_TABLE.c.batch_id == batch_id))
     if expenses:
         session.execute(clear_matches_statement([e.expense_id for e in expenses]))
-    if result.matches and is_postgresql(session):
-        session.execute(
-            PG_STORE_MATCHES,
-            {
-                "condominium_id": condominium_id,
-                "transaction_ids": list(result.matches.values()),
-                "expense_ids": list(result.matches.keys()),
-            },
-        )
-    elif result.matches:
+    if result.matches:
         session.execute(
             update(table)
             .where(
