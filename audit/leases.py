@@ -82,6 +82,7 @@ class BatchLeases:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._renewer: _Renewer | None = None
+        self._renewer_lock = threading.Lock()  # one renewer, however many threads keep leases
 
     def acquire(self, batch_id: str) -> Acquired:
         """Take the batch for this run, unless another live run holds it."""
@@ -126,9 +127,10 @@ class BatchLeases:
         One renewer thread per process serves every kept lease: a batch starts and stops no
         thread of its own (a start and a join per batch, the join waiting for the thread to
         be scheduled on a busy machine)."""
-        renewer = self._renewer
-        while renewer is None or not renewer.add(batch_id, value):
-            renewer = self._renewer = _Renewer(self)
+        with self._renewer_lock:
+            renewer = self._renewer
+            while renewer is None or not renewer.add(batch_id, value):
+                renewer = self._renewer = _Renewer(self)
         try:
             yield
         finally:
