@@ -52,6 +52,12 @@ def celery_config(settings: Settings) -> dict[str, object]:
             # messages return one sweep after the timeout.
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
+            # A sweep holds a fleet-wide mutex in Redis for the milliseconds it takes; a worker
+            # killed inside it (OOM, SIGKILL) left kombu's default 300 s expiry, during which
+            # no worker brought any message back (seen in the SIGKILL fault test: a batch
+            # PENDING past its 240 s). 15 s bounds that; an overlap of two sweeps is harmless,
+            # each message is restored in a transaction watching the unacked hash.
+            "unacked_mutex_expire": 15,
             # One list per queue: priority sub-lists would hide work from KEDA's trigger.
             "priority_steps": [0],
             "queue_order_strategy": "priority",
