@@ -9,9 +9,9 @@ BIN    := $(VENV)/bin
 RUN_STAMP := $(VENV)/.runtime-stamp
 DEV_STAMP := $(VENV)/.dev-stamp
 # Independent test files run in this many processes (pytest-xdist; each has its own
-# redis-server and databases); `make test PYTEST_WORKERS=0` runs them in one. Three on two
+# redis-server and databases); `make test PYTEST_WORKERS=0` runs them in one. Four on two
 # cores: most of the suite waits on the processes it starts, not on the CPU.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 ARGS   ?=
 # uv, pinned, in a virtualenv of its own under .tools/ (the project's venv stays uv-free).
 UV_VERSION := 0.13.8
