@@ -302,17 +302,7 @@ def write_result(
             },
         )
     if result.findings:
-        rows = [
-            {
-                "expense_id": draft.expense_id,
-                "rule_code": str(draft.rule_code),
-                "severity": str(draft.severity),
-                "message": draft.message,
-                "evidence": draft.evidence,
-                "fingerprint": draft.fingerprint,
-            }
-            for draft in result.findings
-        ]
+        rows = [draft.as_dict() for draft in result.findings]
         raw.cursor().execute(STORE_FINDINGS, {**params, "rows": _json(rows)})
     raw.cursor().execute(
         FINISH,

@@ -467,13 +467,8 @@ def store_result(
                 {
                     "batch_id": batch_id,
                     "condominium_id": condominium_id,
-                    "expense_id": draft.expense_id,
-                    "rule_code": str(draft.rule_code),
-                    "severity": str(draft.severity),
-                    "message": draft.message,
-                    "evidence": draft.evidence,
-                    "fingerprint": draft.fingerprint,
                     "created_at": now,
+                    **draft.as_dict(),
                 }
                 for draft in result.findings
             ],
