@@ -88,6 +88,8 @@ class Administrator(FastHttpUser):
     def on_start(self) -> None:
         index = next(_next_condominium)
         self.condominium = CONDOMINIUMS[index] if index < len(CONDOMINIUMS) else None
+        # Users start in arrival order, so the index-th user has the index-th arrival.
+        self.arrival_seconds = PEAK.arrivals[index] if index < len(PEAK.arrivals) else 0.0
         self.headers = {"X-API-Key": self.condominium["key"]} if self.condominium else {}
 
     def _idle(self) -> None:
@@ -101,10 +103,15 @@ class Administrator(FastHttpUser):
         assert self.condominium is not None
         condominium_id = self.condominium["id"]
         month = condominium_month(CONFIG, self.condominium["index"])
+        batch = month.batch_request(condominium_id)
         entry: dict[str, Any] = {"condominium": month.ref, "expenses": len(month.expenses)}
+        # The shape started this user ahead of its arrival; submit at the arrival itself.
+        shape = self.environment.shape_class
+        if shape is not None:
+            sleep(max(0.0, self.arrival_seconds - shape.get_run_time()))
         with self.client.post(
             "/batch-expenses",
-            json=month.batch_request(condominium_id),
+            json=batch,
             headers=self.headers,
             name="/batch-expenses",
             catch_response=True,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import statistics
 
 import pytest
 
@@ -13,7 +15,7 @@ from loadtests.run import (
     provider_bound_seconds,
     scaling_note,
 )
-from loadtests.shape import MonthEndPeak
+from loadtests.shape import LEAD_SECONDS, MonthEndPeak
 from ops.capacity import CapacityInputs
 
 
@@ -27,30 +29,58 @@ def test_every_condominium_submits_within_the_window() -> None:
 
 
 def test_arrivals_rise_to_twice_the_mean_at_the_deadline() -> None:
-    peak = MonthEndPeak(condominiums=1000, window_seconds=100, drain_seconds=0)
-    assert peak.arrived(50) == 250  # a quarter in the first half
-    last_second = peak.arrived(100) - peak.arrived(99)
-    first_second = peak.arrived(1) - peak.arrived(0)
-    assert last_second == pytest.approx(2 * peak.mean_rate, rel=0.06)
-    assert first_second <= 1
+    peak = MonthEndPeak(condominiums=100_000, window_seconds=1000, drain_seconds=0)
+    # A quarter in the first half (binomial spread: 137 either way is one sd).
+    assert peak.arrived(500) == pytest.approx(25_000, abs=600)
+    last_ten_seconds = (peak.arrived(1000) - peak.arrived(990)) / 10
+    first_ten_seconds = peak.arrived(10) / 10
+    assert last_ten_seconds == pytest.approx(2 * peak.mean_rate, rel=0.1)
+    assert first_ten_seconds < 0.05 * peak.mean_rate
     # The sizing model's burst factor is this shape's: a gate passed here validates it.
     assert peak.peak_to_mean == CapacityInputs().peak_to_mean
 
 
 def test_uniform_profile_spreads_evenly() -> None:
-    peak = MonthEndPeak(condominiums=300, window_seconds=60, drain_seconds=0, profile="uniform")
-    assert peak.arrived(30) == 150
+    peak = MonthEndPeak(condominiums=3000, window_seconds=60, drain_seconds=0, profile="uniform")
+    assert peak.arrived(30) == pytest.approx(1500, abs=90)
     assert peak.peak_to_mean == 1.0
 
 
-def test_users_start_within_the_second_they_arrive() -> None:
+def test_arrivals_are_independent_not_bunched_by_the_second() -> None:
+    # The peak's deadline rate, 22 a second: a Poisson process has exponential gaps (mean
+    # 45 ms, as many above the mean as a constant pace would have, one in ten under 5 ms).
+    # Locust's once-a-second tick alone would put a whole second's arrivals within 30 ms.
+    peak = MonthEndPeak(condominiums=2000, window_seconds=90, drain_seconds=0, profile="uniform")
+    gaps = [b - a for a, b in itertools.pairwise(peak.arrivals)]
+    mean = statistics.fmean(gaps)
+    assert mean == pytest.approx(0.045, rel=0.05)
+    assert statistics.stdev(gaps) / mean == pytest.approx(1.0, abs=0.1)
+    assert sum(gap < 0.005 for gap in gaps) / len(gaps) == pytest.approx(0.105, abs=0.03)
+    busiest_100ms = max(peak.arrived(t / 10) - peak.arrived(t / 10 - 0.1) for t in range(1, 901))
+    assert busiest_100ms <= 10
+
+
+def test_the_same_seed_gives_the_same_arrivals() -> None:
+    first = MonthEndPeak(condominiums=300, window_seconds=60, drain_seconds=0, seed=7)
+    again = MonthEndPeak(condominiums=300, window_seconds=60, drain_seconds=0, seed=7)
+    other = MonthEndPeak(condominiums=300, window_seconds=60, drain_seconds=0, seed=8)
+    assert first.arrivals == again.arrivals
+    assert first.arrivals != other.arrivals
+    assert list(first.arrivals) == sorted(first.arrivals)
+    assert first.arrivals[0] >= 0
+    assert first.arrivals[-1] < 60
+
+
+def test_users_are_started_ahead_of_their_arrival() -> None:
     peak = MonthEndPeak(condominiums=500, window_seconds=180, drain_seconds=60)
     busiest = max(peak.arrived(t + 1) - peak.arrived(t) for t in range(180))
     for t in range(0, 181, 10):
         tick = peak.tick(t, finished=0)
         assert tick is not None
         users, spawn_rate = tick
-        assert users == peak.arrived(t) <= 500
+        # Every user arriving within the next second is already started, and waits.
+        assert peak.arrived(t + 1) <= users <= 500
+        assert users == peak.arrived(t + LEAD_SECONDS)
         assert spawn_rate >= busiest
 
 
