@@ -140,7 +140,10 @@ class BankTransaction(Base):
     __tablename__ = "bank_transactions"
     __table_args__ = (
         UniqueConstraint("condominium_id", "provider_transaction_id"),
-        Index("ix_bank_transactions_date_amount", "date", "amount"),
+        # The candidate query's: one condominium's match window, its amounts read in the index.
+        Index(
+            "ix_bank_transactions_condominium_id_date_amount", "condominium_id", "date", "amount"
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -348,9 +348,9 @@ def candidate_transactions_query(
     settings: RuleSettings,
 ) -> Select[*tuple[Any, ...]]:
     """Transactions that could pay one of the batch's expenses: within the date window and of
-    an expense's amount (debits carry Pluggy's negative sign), served by the (date, amount)
-    index, and not already taken by another batch's expense (a primary-key probe per
-    candidate, not a scan of the condominium's expenses)."""
+    an expense's amount (debits carry Pluggy's negative sign), served by the (condominium_id,
+    date, amount) index, and not already taken by another batch's expense (a primary-key
+    probe per candidate, not a scan of the condominium's expenses)."""
     window = dt.timedelta(days=settings.match_window_days)
     start = min(e.expense_date for e in expenses) - window
     end = max(e.expense_date for e in expenses) + window

@@ -22,11 +22,14 @@ def test_migrations_create_every_model_table(database_url: str) -> None:
     assert "alembic_version" in tables
 
 
-def test_transactions_have_the_composite_date_amount_index(database_url: str) -> None:
+def test_transactions_are_indexed_by_condominium_date_and_amount(database_url: str) -> None:
     engine = create_engine(database_url)
     indexes = inspect(engine).get_indexes("bank_transactions")
     engine.dispose()
-    assert any(index["column_names"] == ["date", "amount"] for index in indexes), indexes
+    columns = [index["column_names"] for index in indexes]
+    assert ["condominium_id", "date", "amount"] in columns, indexes
+    # The fleet-wide (date, amount) index it replaced is gone (one less index per insert).
+    assert ["date", "amount"] not in columns, indexes
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
