@@ -28,10 +28,10 @@ from typing import Any
 
 # Worker throughput, expenses audited per second by one Celery process with a warm supplier
 # cache, PostgreSQL 15, the bank month fetched from the simulator at 0 ms:
-# `python -m bench.worker_throughput` measured 1,711/s (the median of three runs, 52.5
-# expenses per batch, 32.6 batches/s; a no-op task runs at 421/s in the same worker) on this
-# 2-core machine shared with other work.
-MEASURED_AUDIT_RATE_PER_PROCESS = 1710.0
+# `python -m bench.worker_throughput` measured 2,239 to 2,519/s in five runs (median 2,343,
+# about 52.5 expenses per batch; a no-op task runs at 360 to 420/s in the same worker) on this
+# 2-core machine, with the candidate query on the (condominium_id, date, amount) index.
+MEASURED_AUDIT_RATE_PER_PROCESS = 2340.0
 AUDIT_RATE_IS_PLACEHOLDER = False
 # Requests per second one API replica (uvicorn, 2 processes, 2 cores) serves at the month-end
 # mix of 1 POST /batch-expenses, 10 status polls and 3 reads: `python -m
