@@ -49,7 +49,6 @@ _HELP = {
     "api_min_replicas": "API replicas never below this (availability)",
     "message_bytes": "Redis bytes per queued batch message",
     "message_carries_expenses": "the task message carries the expenses, not only the batch id",
-    "result_entry_bytes": "Redis bytes per result backend entry",
     "findings_per_expense": "findings recorded per expense",
     "audit_log_events_per_batch": "audit log rows per batch",
 }

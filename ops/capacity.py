@@ -47,8 +47,6 @@ MEASURED_MESSAGE_BYTES = 1_520
 # A message that carries the expenses themselves grows by about this much per expense
 # (202 bytes of JSON from the workload generator, base64-encoded in the body).
 MESSAGE_BYTES_PER_CARRIED_EXPENSE = 280
-# One result backend entry (result_extended, a batch summary): ~860 bytes of Redis memory.
-MEASURED_RESULT_ENTRY_BYTES = 860
 # Redis with no data, as `INFO memory` used_memory reports it.
 REDIS_BASELINE_BYTES = 1_000_000
 
@@ -93,7 +91,6 @@ class CapacityInputs:
     api_min_replicas: int = 2
     message_bytes: int = MEASURED_MESSAGE_BYTES
     message_carries_expenses: bool = False
-    result_entry_bytes: int = MEASURED_RESULT_ENTRY_BYTES
     findings_per_expense: float = 0.05
     audit_log_events_per_batch: float = 4.0  # submitted, started, finished + some retries
 
@@ -223,7 +220,9 @@ def size(inputs: CapacityInputs) -> CapacityReport:
         if inputs.message_carries_expenses
         else 0
     )
-    redis_bytes = REDIS_BASELINE_BYTES + outstanding * message + n * inputs.result_entry_bytes
+    # Queued messages only: the audit task stores no Celery result (its status is in
+    # PostgreSQL).
+    redis_bytes = REDIS_BASELINE_BYTES + outstanding * message
     maxmemory = _ceil(2 * redis_bytes / 2**26) * 2**26  # 2x headroom, in 64 MiB steps
 
     rows = {
@@ -372,7 +371,7 @@ def render(report: CapacityReport) -> str:
         "",
         "Redis",
         row("outstanding batches at the peak", f"{report.redis_peak_outstanding:,}"),
-        row("memory (messages + results)", megabytes(report.redis_bytes)),
+        row("memory (queued messages)", megabytes(report.redis_bytes)),
         row("maxmemory to set (2x headroom)", megabytes(report.redis_maxmemory_bytes)),
         "",
         "Database growth per month (PostgreSQL, indexes included)",

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import httpx
+from redis import Redis
 from sqlalchemy import func, select
 
 from api.schemas import Progress, TaskStatus
@@ -79,6 +80,9 @@ def test_a_batch_is_audited_end_to_end(platform: Platform) -> None:
     assert len(not_found) == 1
     assert not_found[0]["severity"] == "critical"
     assert events(platform, body["task_id"]) == ["submitted", "started", "finished"]
+    # The status lives in the database: the worker keeps no Celery result in Redis for it.
+    with Redis.from_url(platform.redis_url) as redis:
+        assert list(redis.scan_iter("celery-task-meta-*")) == []
 
 
 def test_an_alphanumeric_cnpj_is_accepted_and_stored_canonical(platform: Platform) -> None:

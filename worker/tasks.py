@@ -76,7 +76,10 @@ def retry_later(task: Task, countdown: float) -> NoReturn:
         raise Reject(str(failed_publish), requeue=True) from None
 
 
-@app.task(name=PROCESS_BATCH_TASK, bind=True, max_retries=None)
+# No Celery result: a batch's status, progress and summary live in PostgreSQL, where GET
+# /tasks/{id} reads them. Storing a result too cost two Redis writes a task (STARTED, then
+# the result) and kept an entry nobody read for a week.
+@app.task(name=PROCESS_BATCH_TASK, bind=True, max_retries=None, ignore_result=True)
 def process_batch_expenses(self: Task, batch_id: str) -> dict[str, Any]:
     started = time.perf_counter()
     outcome = "failure"
