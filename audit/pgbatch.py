@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
+from opentelemetry import trace
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from audit.auditlog import AuditEvent, AuditLogService
 from audit.batches import BatchStatus
+from audit.observability.instrumentation import enabled
+from audit.observability.tracing import tracing_requested
 from audit.providers.base import BankTransactionRecord, Registration, RegistrationStatus
 from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings
 
@@ -137,6 +140,31 @@ def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
         ) from exc
 
 
+_tracer = trace.get_tracer("condo_audit.pgbatch")
+
+
+@contextmanager
+def round_trip(session: Session, operation: str) -> Iterator[None]:
+    """A client span over one pipelined round trip. The SQLAlchemy instrumentation traces
+    the engines' statements but never sees the driver's pipelines, so without this a batch's
+    trace would show none of its main database work."""
+    if not (tracing_requested() and enabled("sqlalchemy")):
+        yield
+        return
+    url = session.get_bind().engine.url
+    attributes: dict[str, str | int] = {
+        "db.system": "postgresql",
+        "db.name": url.database or "",
+        "db.operation": operation,
+        "net.peer.name": url.host or "",
+        "net.peer.port": url.port or 5432,
+    }
+    with _tracer.start_as_current_span(
+        f"{operation} {url.database}", kind=trace.SpanKind.CLIENT, attributes=attributes
+    ):
+        yield
+
+
 @dataclass(frozen=True)
 class Started:
     """What the first transaction read: the batch as started, and its inputs."""
@@ -162,7 +190,7 @@ def start(session: Session, batch_id: str) -> Started | None:
         "started": started_status,
         "terminal": list(TERMINAL),
     }
-    with driver(session) as raw, raw.pipeline():
+    with driver(session) as raw, round_trip(session, "batch start"), raw.pipeline():
         marked = raw.cursor()
         marked.execute(START, params)
         AuditLogService(session).queue(

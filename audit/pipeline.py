@@ -230,17 +230,18 @@ class BatchAuditor:
         the outbox's own path (record_batch_event) before the commit."""
         expenses = work.expenses
         event = EventType.BATCH_SUCCEEDED
-        with pgbatch.driver(session) as raw, raw.pipeline():
-            inputs = pgbatch.read_inputs(
-                raw,
-                batch_id=work.batch_id,
-                tenant_id=work.tenant_id,
-                condominium_id=work.condominium_id,
-                records=records,
-                expenses=expenses,
-                settings=settings,
-                history_days=HISTORY_DAYS,
-            )
+        with pgbatch.driver(session) as raw, raw.pipeline() as pipeline:
+            with pgbatch.round_trip(session, "audit inputs"):
+                inputs = pgbatch.read_inputs(
+                    raw,
+                    batch_id=work.batch_id,
+                    tenant_id=work.tenant_id,
+                    condominium_id=work.condominium_id,
+                    records=records,
+                    expenses=expenses,
+                    settings=settings,
+                    history_days=HISTORY_DAYS,
+                )
             result = evaluate(
                 expenses,
                 registrations,
@@ -250,18 +251,21 @@ class BatchAuditor:
                 bank_data_available=bank_data_available,
             )
             summary = summarize(result.findings)
-            pgbatch.write_result(
-                session,
-                raw,
-                batch_id=work.batch_id,
-                condominium_id=work.condominium_id,
-                result=result,
-                expenses=expenses,
-                summary=summary,
-            )
             subscribed = any(event.value in events for events in inputs.webhook_events)
-            if not subscribed:
-                raw.commit()
+            with pgbatch.round_trip(session, "audit result"):
+                pgbatch.write_result(
+                    session,
+                    raw,
+                    batch_id=work.batch_id,
+                    condominium_id=work.condominium_id,
+                    result=result,
+                    expenses=expenses,
+                    summary=summary,
+                )
+                if subscribed:
+                    pipeline.sync()  # the outbox's rows follow before the commit
+                else:
+                    raw.commit()
         deliveries = record_batch_event(session, work.batch_id, event) if subscribed else 0
         return AuditOutcome(summary=summary, deliveries=deliveries)
 

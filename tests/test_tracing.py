@@ -294,3 +294,54 @@ def test_the_status_read_is_traced_on_postgresql(
         assert_status_read_is_traced(platform, receiver)
     finally:
         platform.stop()
+
+
+@pytest.mark.postgres
+def test_the_worker_s_database_round_trips_are_traced_on_postgresql(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: str,
+    dedicated_postgres_url: str,
+    receiver: OtlpReceiver,
+) -> None:
+    """On PostgreSQL the worker sends its statements as driver pipelines, which the
+    SQLAlchemy instrumentation cannot see: each round trip is a client span of its own,
+    inside the task's run."""
+    otel = {**receiver.exporter_env(), "METRICS_PORT": "0"}
+    platform = launch_platform(
+        tmp_path_factory, redis_server, dedicated_postgres_url, worker=False, extra_env=otel
+    )
+    try:
+        platform.start_worker(concurrency=1)
+        task_id = submit_one(platform, make_cnpj(f"pipelined-{uuid.uuid4()}"))
+        status = platform.wait_for_status(task_id, {"SUCCESS", "FAILURE"})
+        assert status["status"] == "SUCCESS", status
+        trace_id = status["trace_id"]
+        operations = ["batch start", "audit inputs", "audit result"]
+
+        def round_trips(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
+            return sorted(
+                (
+                    s
+                    for s in spans
+                    if s.trace_id == trace_id and s.attributes.get("db.operation") in operations
+                ),
+                key=lambda s: s.start_ns,
+            )
+
+        spans = receiver.wait_for(lambda got: len(round_trips(got)) == len(operations))
+    finally:
+        platform.stop()
+    trace = [s for s in spans if s.trace_id == trace_id]
+    index = by_id(trace)
+    (run,) = named(trace, RUN)
+    found = round_trips(spans)
+    assert [s.attributes["db.operation"] for s in found] == operations
+    for span in found:
+        assert span.service == "condo-audit-worker"
+        assert span.kind == ProtoSpan.SPAN_KIND_CLIENT
+        assert span.attributes["db.system"] == "postgresql"
+        assert span.end_ns > span.start_ns
+        ancestor = index.get(span.parent_id or "")
+        while ancestor is not None and ancestor.span_id != run.span_id:
+            ancestor = index.get(ancestor.parent_id or "")
+        assert ancestor is run, f"{span.name} is not inside the task's run"
