@@ -56,7 +56,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import psycopg
-import redis
 import yaml
 
 from simulator.webhook_receiver import Received, WebhookReceiver
@@ -784,20 +783,24 @@ def sigterm_mid_batch(
 
 
 def processed_by(worker: PodRun, task_id: str) -> None:
-    """Celery's result (result_extended) names the worker node: the worker container's host."""
-    url = urlsplit(worker.env["REDIS_URL"])
-    client = redis.Redis(
-        host="127.0.0.1", port=url.port or 6379, password=url.password, db=int(url.path[1:] or 0)
-    )
-    raw = client.get(f"celery-task-meta-{task_id}")
-    client.close()
-    if not isinstance(raw, bytes):
-        raise PodFailure(f"no Celery result for task {task_id} in the pods' Redis")
-    node = str(json.loads(raw).get("worker", ""))
-    hostname = podman("exec", worker.name, "hostname").strip()
-    if node != f"celery@{hostname}":
-        raise PodFailure(f"task {task_id} ran on {node!r}, not on the worker container {hostname}")
-    log(f"  run by {node}, the worker container")
+    """The worker container's own log records the task's success: it ran there.
+
+    Audit tasks keep no Celery result (their status is in PostgreSQL), so the log
+    line Celery writes when a task succeeds is the worker's record of it.
+    """
+    marker = f"[{task_id}] succeeded"
+    deadline = time.monotonic() + 15  # the status is stored just before Celery logs the return
+    while True:
+        proc = subprocess.run(
+            ["podman", "logs", worker.name], capture_output=True, text=True, timeout=30, check=False
+        )
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if marker in line]
+        if lines:
+            log(f"  run by the worker container: {lines[-1].strip()[:160]}")
+            return
+        if time.monotonic() > deadline:
+            raise PodFailure(f"the worker container's log has no success line for task {task_id}")
+        time.sleep(0.5)
 
 
 # ---------- main ----------
