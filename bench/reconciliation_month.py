@@ -3,7 +3,8 @@
     python -m bench.reconciliation_month [--transactions N] [--expenses N] [--database-url URL]
 
 Measures what the worker does after the providers answered: the candidate query on the
-(date, amount) index, and the rules with the one-to-one matcher, on a real database.
+(condominium_id, date, amount) index, and the rules with the one-to-one matcher, on a real
+database.
 """
 
 from __future__ import annotations
