@@ -17,12 +17,13 @@ from pathlib import Path
 
 
 def start(
-    pid: int, out: Path, *, subprocesses: bool = False, gil: bool = False
+    pid: int, out: Path, *, subprocesses: bool = False, gil: bool = False, idle: bool = False
 ) -> subprocess.Popen[bytes]:
     """Sample `pid` (and its children) at 200 Hz into collapsed stacks; stop() writes them.
 
     gil: only the thread holding the GIL, i.e. where the process's Python CPU goes (a
-    threadpool's idle and I/O-waiting threads would otherwise fill most samples)."""
+    threadpool's idle and I/O-waiting threads would otherwise fill most samples).
+    idle: also the samples of threads waiting (on a socket, a lock): where wall time goes."""
     py_spy = Path(sys.executable).with_name("py-spy")
     argv = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
             "--output", str(out), "--nonblocking"]  # fmt: skip
@@ -30,6 +31,8 @@ def start(
         argv.append("--subprocesses")
     if gil:
         argv.append("--gil")
+    if idle:
+        argv.append("--idle")
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -14,7 +14,8 @@ from the database's started/finished times, so the process's warm-up is left out
 `--noops` no-op tasks go through the same worker. Both also report the pool process's CPU
 per task (from /proc), a figure that other work on a shared machine does not inflate as it
 does wall time. `--profile FILE` records the pool process with py-spy (`--gil`: only the
-samples holding the GIL); `python -m bench.profiling FILE` summarizes.
+samples holding the GIL; `--idle`: waiting threads too); `python -m bench.profiling FILE`
+summarizes.
 """
 
 from __future__ import annotations
@@ -73,12 +74,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_profiler(
-    pid: int, out: Path | None, *, gil: bool = False
+    pid: int, out: Path | None, *, gil: bool = False, idle: bool = False
 ) -> subprocess.Popen[bytes] | None:
     """py-spy on the pool process while it drains the batches."""
     if out is None:
         return None
-    return profiling.start(pid, out, gil=gil)
+    return profiling.start(pid, out, gil=gil, idle=idle)
 
 
 def wait_until_done(database_url: str, count: int, timeout: float, poll: float = 0.5) -> int:
@@ -110,6 +111,11 @@ def main() -> None:
         action="store_true",
         help="with --profile: only samples holding the GIL (the Python CPU, not the waits)",
     )
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="with --profile: waiting threads too (where the wall time goes, waits included)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         platform = start_platform(
@@ -138,7 +144,7 @@ def main() -> None:
             api.stop()
             platform.start_workers(1, 1, include=["bench.noop_task"])
             pool = pool_process(platform.processes[-1].pid)
-            profiler = start_profiler(pool, args.profile, gil=args.gil)
+            profiler = start_profiler(pool, args.profile, gil=args.gil, idle=args.idle)
             # CPU from the first tenth on, like the rate: the process's warm-up left out.
             warm = wait_until_done(platform.database.url, args.batches // 10, 600, poll=0.05)
             cpu_before = cpu_seconds(pool)
