@@ -5,8 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import httpx
 import pytest
@@ -18,6 +19,8 @@ from audit.providers.cnpj import MinhaReceitaLookup
 from audit.providers.http import Budget
 from audit.ratelimit import RateLimiter, requests_for
 from simulator.testing import RedisServer, SimulatorServer
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +48,40 @@ def test_first_request_goes_and_the_next_waits_one_interval(redis: Redis) -> Non
     assert limiter.acquire("other", 60) == 0.0
 
 
+@dataclass(frozen=True)
+class Timed(Generic[T]):
+    """A call's answer, with when it was sent and answered: Redis read its clock in between,
+    so on a loaded machine (a slow call, a GC pause) a wait is known to within that span."""
+
+    value: T
+    sent: float
+    answered: float
+
+    @classmethod
+    def call(cls, fn: Callable[[], T]) -> Timed[T]:
+        sent = time.monotonic()
+        value = fn()
+        return cls(value, sent, time.monotonic())
+
+    def starts_within(self, wait: float, since: Timed[Any]) -> tuple[float, float]:
+        """The earliest and latest a slot `wait` seconds after this call can be, measured
+        from the moment `since` reached Redis."""
+        return wait + self.sent - since.answered, wait + self.answered - since.sent
+
+
 def test_reserve_hands_out_consecutive_slots(redis: Redis) -> None:
     limiter = RateLimiter(redis, headroom=0.0)
-    started = time.monotonic()
-    reservations = []
-    for _ in range(5):
-        reservations.append((limiter.reserve("p", 600, max_wait=1.0), time.monotonic()))
-    assert all(r.granted for r, _ in reservations)
-    # Slot i starts 0.1 s after slot i-1, measured from the first request (a loaded machine
-    # may take a while between calls; the schedule does not move).
-    slots = [r.wait + (at - started) for r, at in reservations]
-    assert slots == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4], abs=0.03)
-    too_far = limiter.reserve("p", 600, max_wait=0.2)
-    assert not too_far.granted
-    assert too_far.wait + (time.monotonic() - started) == pytest.approx(0.5, abs=0.05)
+    granted = [Timed.call(lambda: limiter.reserve("p", 600, max_wait=1.0)) for _ in range(5)]
+    assert all(call.value.granted for call in granted)
+    # Slot i starts 0.1 s after the first request, however long the calls took.
+    for i, call in enumerate(granted):
+        earliest, latest = call.starts_within(call.value.wait, since=granted[0])
+        assert earliest - 0.03 <= 0.1 * i <= latest + 0.03, (i, earliest, latest)
+    # The sixth would start at 0.5 s: beyond its 0.2 s, refused with that wait.
+    too_far = Timed.call(lambda: limiter.reserve("p", 600, max_wait=0.2))
+    assert not too_far.value.granted
+    earliest, latest = too_far.starts_within(too_far.value.wait, since=granted[0])
+    assert earliest - 0.05 <= 0.5 <= latest + 0.05, (earliest, latest)
 
 
 def test_headroom_slows_the_pace_slightly(redis: Redis) -> None:
@@ -81,12 +104,17 @@ def test_wait_turn_sleeps_short_waits_and_raises_long_ones(redis: Redis) -> None
 
 def test_penalize_holds_back_every_caller(redis: Redis) -> None:
     limiter = RateLimiter(redis)
-    limiter.penalize("p", 5)
-    assert limiter.acquire("p", 6000) == pytest.approx(5, abs=0.1)
-    assert RateLimiter(redis).acquire("p", 6000) == pytest.approx(5, abs=0.1)
+    penalized = Timed.call(lambda: limiter.penalize("p", 5))
+    # Every caller, this limiter or another, waits until 5 s after the penalty.
+    for ask in (lambda: limiter.acquire("p", 6000), lambda: RateLimiter(redis).acquire("p", 6000)):
+        call = Timed.call(ask)
+        earliest, latest = call.starts_within(call.value, since=penalized)
+        assert earliest - 0.1 <= 5 <= latest + 0.1, (earliest, latest)
     # A shorter penalty never shortens a longer one.
     limiter.penalize("p", 1)
-    assert limiter.next_slot_in("p") == pytest.approx(5, abs=0.1)
+    call = Timed.call(lambda: limiter.next_slot_in("p"))
+    earliest, latest = call.starts_within(call.value, since=penalized)
+    assert earliest - 0.1 <= 5 <= latest + 0.1, (earliest, latest)
 
 
 def cnpj_from(n: int) -> str:
@@ -104,6 +132,16 @@ def _hammer(
     out: Any,
 ) -> None:
     """One 'worker process': look CNPJs up as fast as the fleet's limiter lets it."""
+    try:
+        out.put(_lookups_until(redis_url, sim_url, rate, max_wait, seconds, index))
+    except BaseException as exc:  # the test reports it instead of waiting for a result
+        out.put({"error": repr(exc)})
+        raise
+
+
+def _lookups_until(
+    redis_url: str, sim_url: str, rate: float, max_wait: float, seconds: float, index: int
+) -> dict[str, int]:
     redis = Redis.from_url(redis_url)
     limiter = RateLimiter(redis)
     budget = Budget(limiter, "minha_receita", rate, max_wait=max_wait)
@@ -123,7 +161,7 @@ def _hammer(
                 time.sleep(min(exc.wait_seconds, max(0.0, deadline - time.monotonic())))
             except ProviderUnavailable:
                 counts["unavailable"] += 1
-    out.put(counts)
+    return counts
 
 
 @pytest.mark.slow
@@ -154,6 +192,7 @@ def test_many_processes_share_one_budget(
         for worker in workers:
             worker.join(timeout=10)
         stats = sim.stats()["minha_receita"]["cnpj"]
+    assert not [r for r in results if "error" in r], results
     assert sum(r["unavailable"] for r in results) == 0
     assert all(r["ok"] > 0 for r in results), results  # every process got its share
     assert stats["over_limit"] == 0
