@@ -64,6 +64,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield schema_url
 
 
+@pytest.fixture
+def postgres_url(postgres_database: str) -> str:
+    """A migrated, empty PostgreSQL schema, for behaviour only PostgreSQL has."""
+    return fresh_postgres_schema(postgres_database)
+
+
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )

@@ -302,13 +302,13 @@ def test_an_unknown_batch_is_not_started(database_url: str) -> None:
     assert auditor.begin("no-such-batch") is None
 
 
-def test_a_driver_error_on_the_pipelined_path_is_sqlalchemy_s(database_url: str) -> None:
-    """The worker's retry policy tells SQLAlchemy's exception classes apart."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("the driver path is PostgreSQL's")
+@pytest.mark.postgres
+def test_a_driver_error_on_the_pipelined_path_is_sqlalchemy_s(postgres_url: str) -> None:
+    """The worker's retry policy tells SQLAlchemy's exception classes apart (the pipelined
+    path is PostgreSQL's)."""
     with (
         pytest.raises(DataError, match="division by zero"),
-        session_scope(database_url) as session,
+        session_scope(postgres_url) as session,
         pgbatch.driver(session) as raw,
         raw.pipeline(),
     ):
