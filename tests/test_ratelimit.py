@@ -37,17 +37,6 @@ def redis(redis_url: str) -> Iterator[Redis]:
     client.close()
 
 
-def test_first_request_goes_and_the_next_waits_one_interval(redis: Redis) -> None:
-    limiter = RateLimiter(redis, headroom=0.0)
-    assert limiter.acquire("p", 60) == 0.0
-    wait = limiter.acquire("p", 60)
-    assert 0.9 < wait <= 1.0
-    # A refused acquire reserves nothing: asking again gives (about) the same wait.
-    assert limiter.acquire("p", 60) == pytest.approx(wait, abs=0.05)
-    # Budgets are independent per key.
-    assert limiter.acquire("other", 60) == 0.0
-
-
 @dataclass(frozen=True)
 class Timed(Generic[T]):
     """A call's answer, with when it was sent and answered: Redis read its clock in between,
@@ -67,6 +56,21 @@ class Timed(Generic[T]):
         """The earliest and latest a slot `wait` seconds after this call can be, measured
         from the moment `since` reached Redis."""
         return wait + self.sent - since.answered, wait + self.answered - since.sent
+
+
+def test_first_request_goes_and_the_next_waits_one_interval(redis: Redis) -> None:
+    limiter = RateLimiter(redis, headroom=0.0)
+    went = Timed.call(lambda: limiter.acquire("p", 60))
+    assert went.value == 0.0
+    # Refused until 1 s after the first; a refused acquire reserves nothing, so asking
+    # again names the same moment.
+    for _ in range(2):
+        refused = Timed.call(lambda: limiter.acquire("p", 60))
+        assert 0 < refused.value <= 1.0
+        earliest, latest = refused.starts_within(refused.value, since=went)
+        assert earliest - 0.05 <= 1.0 <= latest + 0.05, (earliest, latest)
+    # Budgets are independent per key.
+    assert limiter.acquire("other", 60) == 0.0
 
 
 def test_reserve_hands_out_consecutive_slots(redis: Redis) -> None:
@@ -233,10 +237,11 @@ def test_a_tenant_asking_ten_times_as_often_gets_no_more_than_its_share(redis: R
 
 def test_a_tenant_alone_has_the_whole_budget(redis: Redis) -> None:
     limiter = RateLimiter(redis, headroom=0.0)
-    waits = [limiter.reserve("p", 60, 10.0, tenant="A").wait for _ in range(5)]
-    assert waits == pytest.approx([0, 1, 2, 3, 4], abs=0.05)
+    calls = [Timed.call(lambda: limiter.reserve("p", 60, 10.0, tenant="A")) for _ in range(5)]
     with requests_for("B"):  # another tenant arrives: it gets the next slot, not A's sixth
-        b = limiter.reserve("p", 60, 10.0)
-    a = limiter.reserve("p", 60, 10.0, tenant="A")
-    assert b.wait == pytest.approx(5, abs=0.05)
-    assert a.wait == pytest.approx(6, abs=0.05)
+        calls.append(Timed.call(lambda: limiter.reserve("p", 60, 10.0)))
+    calls.append(Timed.call(lambda: limiter.reserve("p", 60, 10.0, tenant="A")))
+    # A's five slots at 0 to 4 s, B's at 5 s, A's sixth at 6 s.
+    for expected, call in enumerate(calls):
+        earliest, latest = call.starts_within(call.value.wait, since=calls[0])
+        assert earliest - 0.05 <= expected <= latest + 0.05, (expected, earliest, latest)
