@@ -39,22 +39,22 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS[1] breaker hash, KEYS[2] probe key; ARGV[1] cool-down ms, ARGV[2] probe ttl ms.
-# Returns {verdict, wait ms}: 0 call, 1 call as the probe, 2 wait.
+# Returns {verdict, wait ms, failures counted (0 or 1)}: 0 call, 1 call as the probe, 2 wait.
 _ALLOW = (
     _NOW
     + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'open' then
-  return {0, 0}
+  return {0, 0, redis.call('EXISTS', KEYS[1])}
 end
 local due = tonumber(redis.call('HGET', KEYS[1], 'opened_at')) + tonumber(ARGV[1])
 if now < due then
-  return {2, due - now}
+  return {2, due - now, 1}
 end
 if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
-  return {1, 0}
+  return {1, 0, 1}
 end
 -- Another call is the probe: look again after its answer, or a cool-down at most.
-return {2, math.min(math.max(redis.call('PTTL', KEYS[2]), 100), tonumber(ARGV[1]))}
+return {2, math.min(math.max(redis.call('PTTL', KEYS[2]), 100), tonumber(ARGV[1])), 1}
 """
 )
 
@@ -81,17 +81,24 @@ return ''
 )
 
 # KEYS[1] breaker, KEYS[2] probe. Returns 'closed' when it closed an open breaker, else ''.
+# Either way the failures counted so far were not consecutive: the record goes.
 _SUCCESS = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'open' then
+if redis.call('HGET', KEYS[1], 'state') == 'open' then
   redis.call('DEL', KEYS[1], KEYS[2])
   return 'closed'
 end
-if state then
-  redis.call('DEL', KEYS[1])
-end
+redis.call('DEL', KEYS[1])
 return ''
 """
+
+
+@dataclass(frozen=True)
+class Permit:
+    """What before_call found: whether this call is the half-open probe, and whether the
+    breaker had failures counted (or was open) when the call began."""
+
+    probe: bool
+    failures_counted: bool
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,9 @@ class CircuitBreakers:
     def _keys(provider: str) -> list[str]:
         return [PREFIX + provider, PREFIX + provider + ":probe"]
 
-    def before_call(self, provider: str) -> bool:
-        """Raise ProviderCircuitOpen while the breaker is open; True when this call is the probe."""
-        verdict, wait_ms = cast(
+    def before_call(self, provider: str) -> Permit:
+        """Raise ProviderCircuitOpen while the breaker is open; else the call's permit."""
+        verdict, wait_ms, counted = cast(
             "list[int]",
             self._allow(
                 keys=self._keys(provider),
@@ -136,7 +143,7 @@ class CircuitBreakers:
         )
         if verdict == 2:
             raise ProviderCircuitOpen(provider, int(wait_ms) / 1000)
-        return verdict == 1
+        return Permit(probe=verdict == 1, failures_counted=counted == 1)
 
     def release_probe(self, provider: str) -> None:
         """The probe did not call after all (no budget now): let another call probe."""
@@ -152,8 +159,13 @@ class CircuitBreakers:
             self._transition(provider, "open", "probe failed; open for another cool-down")
         return transition != ""
 
-    def success(self, provider: str) -> None:
-        """An answer from the provider: it is up, the breaker closes."""
+    def success(self, provider: str, permit: Permit) -> None:
+        """An answer from the provider: it is up, the breaker closes and its count of
+        failures starts again. A call that began with nothing counted skips the round trip
+        (most calls, on a healthy day); failures counted while it was in flight are cleared
+        by the next call's success instead."""
+        if not permit.failures_counted:
+            return
         raw = self._success(keys=self._keys(provider))
         if (raw.decode() if isinstance(raw, bytes) else str(raw or "")) == "closed":
             self._transition(provider, "closed", "probe succeeded")

@@ -26,7 +26,7 @@ from audit.providers.base import (
 from audit.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from audit.breaker import CircuitBreakers
+    from audit.breaker import CircuitBreakers, Permit
 
 BRASILIA = ZoneInfo("America/Sao_Paulo")
 
@@ -155,14 +155,15 @@ def send(
         set_status_on_exception=False,
     ) as span:
         breakers = budget.breakers
-        probing = False
+        permit: Permit | None = None
         if breakers is not None:
             try:
-                probing = breakers.before_call(provider)
+                permit = breakers.before_call(provider)
             except ProviderCircuitOpen as opened:
                 span.add_event("circuit.open", {"circuit.wait_seconds": opened.wait_seconds})
                 raise
-            span.set_attribute("circuit.probe", probing)
+            span.set_attribute("circuit.probe", permit.probe)
+        probing = permit is not None and permit.probe
         try:
             budget.take(provider)
         except RateLimitWait:
@@ -200,8 +201,8 @@ def send(
                     provider, breakers.cooldown_seconds, f"{failed.reason}; circuit open"
                 ) from failed
             raise
-    if breakers is not None:
-        breakers.success(provider)
+    if breakers is not None and permit is not None:
+        breakers.success(provider, permit)
     return checked
 
 
