@@ -34,9 +34,17 @@ def default_pool_size() -> int:
     return get_settings().database_pool_size
 
 
-def make_engine(database_url: str, pool_size: int | None = None) -> Engine:
+def make_engine(
+    database_url: str, pool_size: int | None = None, *, pre_ping: bool = True
+) -> Engine:
     """An engine tuned per backend: SQLite gets WAL and a busy timeout for many processes;
-    PostgreSQL keeps `pool_size` connections open (DATABASE_POOL_SIZE when not given)."""
+    PostgreSQL keeps `pool_size` connections open (DATABASE_POOL_SIZE when not given).
+
+    `pre_ping` tests each PostgreSQL connection with a round trip as it leaves the pool, so
+    that a request after a restart of the server finds a live one. Without it, the first
+    statement on a dropped connection fails and the pool replaces every connection older
+    than the failure: for a caller that retries that error anyway, a round trip saved on
+    every transaction."""
     # `sqlalchemy.create_engine` is looked up at call time, so that the SQLAlchemy
     # instrumentation installed after import (tracing on) wraps the engines made here.
     if database_url.startswith("sqlite"):
@@ -56,7 +64,7 @@ def make_engine(database_url: str, pool_size: int | None = None) -> Engine:
         return engine
     return sqlalchemy.create_engine(
         database_url,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         pool_size=pool_size or default_pool_size(),
         max_overflow=POOL_OVERFLOW,
     )

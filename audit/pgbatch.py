@@ -127,7 +127,9 @@ def is_postgresql(session: Session) -> bool:
 @contextmanager
 def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
     """The session's psycopg connection (in its transaction), with driver errors raised as
-    SQLAlchemy's and a broken connection invalidated."""
+    SQLAlchemy's and a broken connection invalidated, the pool's idle ones with it (as
+    SQLAlchemy does on a disconnect it sees itself): a server that dropped one connection
+    has usually dropped them all."""
     connection = session.connection()
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
@@ -137,6 +139,7 @@ def driver(session: Session) -> Iterator[psycopg.Connection[Any]]:
         invalidated = connection.dialect.is_disconnect(cast(Any, exc), connection.connection, None)
         if invalidated:
             connection.invalidate(exc)
+            connection.engine.dispose()
         raise DBAPIError.instance(
             None, None, exc, psycopg.Error, connection_invalidated=invalidated
         ) from exc

@@ -10,14 +10,15 @@ from typing import cast
 import pytest
 from pydantic import ValidationError
 from redis import Redis
-from sqlalchemy import select
-from sqlalchemy.exc import DataError
+from sqlalchemy import select, text
+from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.orm import sessionmaker
 
 from audit import pgbatch
 from audit.auditlog import AuditLogService
 from audit.auth import create_tenant
 from audit.batches import ExpenseInput, findings_summary, submit_batch
-from audit.db import session_factory, session_scope
+from audit.db import make_engine, session_factory, session_scope
 from audit.models import BankTransaction, Batch, Condominium
 from audit.pipeline import (
     BatchAuditor,
@@ -313,3 +314,35 @@ def test_a_driver_error_on_the_pipelined_path_is_sqlalchemy_s(postgres_url: str)
         raw.pipeline(),
     ):
         raw.execute("SELECT 1 / 0")
+
+
+@pytest.mark.postgres
+def test_after_a_dropped_connection_the_next_transaction_gets_a_live_one(
+    postgres_url: str,
+) -> None:
+    """The worker's engine does not ping before use: the first transaction on connections
+    the server dropped fails (the task retries it, uncounted), and the ones after must not
+    meet the pool's other dead connections."""
+    engine = make_engine(postgres_url, pool_size=2, pre_ping=False)
+    sessions = sessionmaker(engine)
+    try:
+        with sessions() as first, sessions() as second:  # two connections in the pool
+            pids = [
+                s.execute(text("SELECT pg_backend_pid()")).scalar_one() for s in (first, second)
+            ]
+        with session_scope(postgres_url) as admin:
+            admin.execute(text("SELECT pg_terminate_backend(pid) FROM unnest(:pids) AS pid"),
+                          {"pids": pids})  # fmt: skip
+        with (
+            pytest.raises(OperationalError) as dropped,
+            sessions.begin() as session,
+            pgbatch.driver(session) as raw,
+            raw.pipeline(),
+        ):
+            raw.execute("SELECT 1")
+        assert dropped.value.connection_invalidated
+        for _ in range(2):
+            with sessions.begin() as session, pgbatch.driver(session) as raw:
+                assert raw.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        engine.dispose()

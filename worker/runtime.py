@@ -9,7 +9,7 @@ from functools import lru_cache
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from audit.db import session_factory
+from audit.db import make_engine
 from audit.leases import BatchLeases
 from audit.pipeline import BatchAuditor
 from audit.providers.factory import build_providers
@@ -31,7 +31,12 @@ class WorkerRuntime:
 @lru_cache(maxsize=4)
 def _runtime_for(pid: int) -> WorkerRuntime:
     settings = get_settings()
-    sessions = session_factory(settings.database_url)
+    # No pre-ping: a batch's two transactions would pay a round trip each, and a connection
+    # the server dropped fails the task into its uncounted database retry (worker/tasks.py),
+    # after which the pool has replaced it.
+    sessions = sessionmaker(
+        make_engine(settings.database_url, pre_ping=False), expire_on_commit=False
+    )
     redis = Redis.from_url(settings.redis_url)
     providers = build_providers(settings, redis)
     directory = SupplierDirectory.from_settings(settings, sessions, providers.cnpj, redis)
