@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import random
 from decimal import Decimal
 
 import pytest
@@ -209,6 +211,32 @@ class TestSplitPayment:
         settings = RuleSettings(approval_threshold=Decimal("1000.00"), split_window_days=60)
         assert split_payment(b, [a, b], settings)
         assert split_payment(b, [a, b], SETTINGS) == []
+
+    def test_fires_exactly_when_some_payments_within_the_window_add_up(self) -> None:
+        """Against the definition, by brute force over every set of the supplier's payments."""
+        rng = random.Random(7)
+        threshold = Decimal("1000.00")
+        verdicts = []
+        for _ in range(200):
+            window = rng.choice((0, 5, 15))
+            settings = RuleSettings(approval_threshold=threshold, split_window_days=window)
+            payments = [
+                expense(k, str(Decimal(rng.randrange(100_00, 1_100_00)) / 100),
+                        days(rng.randrange(-20, 21)))
+                for k in range(1, rng.randrange(3, 8))
+            ]  # fmt: skip
+            for target in payments:
+                expected = any(
+                    target in chosen and sum(p.amount for p in chosen) > threshold
+                    for size in range(2, len(payments) + 1)
+                    for chosen in itertools.combinations(payments, size)
+                    if all(p.amount <= threshold for p in chosen)
+                    and max(p.expense_date for p in chosen) - min(p.expense_date for p in chosen)
+                    <= dt.timedelta(days=window)
+                )
+                assert bool(split_payment(target, payments, settings)) == expected, target
+                verdicts.append(expected)
+        assert 0.2 < sum(verdicts) / len(verdicts) < 0.8, "the data should hold both verdicts"
 
 
 def history(

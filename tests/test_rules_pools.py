@@ -11,7 +11,7 @@ import pytest
 from audit.cnpj import check_digits
 from audit.rules import ExpenseFacts, RuleCode, RuleSettings, amount_outlier, evaluate
 from audit.rules.model import to_cents
-from audit.rules.payments import AmountPool, robust_stats
+from audit.rules.payments import AmountPool, outlier_findings, robust_stats
 from audit.rules.settings import normalize_category
 
 FLOORS = [Decimal(0), Decimal("0.05"), Decimal("0.5")]
@@ -47,6 +47,47 @@ def test_a_pool_less_one_member_has_the_statistics_of_the_others(seed: int) -> N
             Decimal(to_cents(min(others))) / 100,
             Decimal(to_cents(max(others))) / 100,
         )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_an_amount_is_an_outlier_exactly_when_its_robust_score_passes_the_threshold(
+    seed: int,
+) -> None:
+    """outlier_findings judges most amounts by the median alone (the spread is never below
+    the floor); the verdict must be the one the definition's statistics give."""
+    rng = random.Random(seed)
+    group = amounts(rng, rng.randrange(2, 60))
+    settings = RuleSettings(
+        outlier_min_history=2,
+        outlier_scale_floor_ratio=rng.choice(FLOORS),
+        outlier_zscore=rng.choice((Decimal("0.5"), Decimal("1"), Decimal("3.5"))),
+    )
+    pool = AmountPool(to_cents(a) for a in group)
+    none = AmountPool([]).without(None)
+    verdicts = set()
+    for position, member in enumerate(group):
+        others = group[:position] + group[position + 1 :]
+        if len(others) < 2:
+            continue
+        stats = robust_stats(others, settings.outlier_scale_floor_ratio)
+        expected = stats.scale > 0 and member - stats.median > settings.outlier_zscore * stats.scale
+        expense = ExpenseFacts(
+            expense_id=position,
+            condominium_id="c1",
+            external_id=f"e{position}",
+            supplier_cnpj=cnpj(1),
+            amount=member,
+            expense_date=dt.date(2026, 10, 1),
+            description="x",
+            category="x",
+        )
+        found = outlier_findings(expense, pool.without(to_cents(member)), none, settings)
+        assert bool(found) == expected, (member, stats)
+        if found:
+            assert found[0].evidence["median"] == str(stats.median.quantize(Decimal("0.01")))
+        verdicts.add(expected)
+    if seed == 0:
+        assert verdicts == {True, False}, "the data should hold both verdicts"
 
 
 def test_a_whole_pool_has_the_statistics_of_its_amounts() -> None:

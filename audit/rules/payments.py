@@ -159,6 +159,13 @@ def split_payment(
         and abs((p.expense_date - expense.expense_date).days) <= window
     ]
     payments.append(expense)
+    # No window can sum to more than all of them together (amounts are not negative): the
+    # usual case, decided without the windows.
+    if len(payments) < 2 or (
+        sum((p.amount for p in payments), Decimal(0)) <= threshold
+        and all(p.amount >= 0 for p in payments)
+    ):
+        return []
     payments.sort(key=lambda p: (p.expense_date, p.expense_id))
     best: tuple[Decimal, list[ExpenseFacts]] | None = None
     starts = sorted({p.expense_date for p in payments if p.expense_date <= expense.expense_date})
@@ -280,6 +287,10 @@ class AmountSample:
     def high(self) -> Decimal:
         return Decimal(self.at(self.count - 1)) / 200
 
+    def median(self) -> Decimal:
+        """The median alone (what `stats` reports as its median), in O(1)."""
+        return Decimal(self._median(self.at)) / 200
+
     def _median(self, kth: Callable[[int], int]) -> int:
         mid = self.count // 2
         if self.count % 2:
@@ -363,6 +374,13 @@ def outlier_findings(
     findings: list[FindingDraft] = []
     for scope, history in (("supplier", supplier), ("category", category)):
         if history.count < settings.outlier_min_history:
+            continue
+        # The spread is never below the floor (floor ratio x |median|), so an excess within
+        # the threshold times the floor cannot fire: most expenses are judged by the median
+        # alone, without the spread's binary searches.
+        median = history.median()
+        floor = settings.outlier_scale_floor_ratio * abs(median)
+        if expense.amount - median <= settings.outlier_zscore * floor:
             continue
         stats = history.stats(settings.outlier_scale_floor_ratio)
         median, scale = stats.median, stats.scale
