@@ -2,9 +2,11 @@
 
 An accepted batch always has a message in Redis until its task ends. A Redis that crashed
 without persisting (AOF off, or the last second under `everysec`) can lose it, leaving the
-batch PENDING forever. This finds unfinished batches that have been quiet for a while and
-that the broker no longer holds, and enqueues them again; the task is idempotent, so a
-batch that was merely slow is not harmed. Safe to run on a schedule.
+batch PENDING forever; so can a worker killed between its BRPOP taking the message off the
+queue list and kombu recording it as unacknowledged (two commands, not one). This finds
+unfinished batches that have been quiet for a while and that the broker no longer holds, and
+enqueues them again; the task is idempotent, so a batch that was merely slow is not harmed.
+Safe to run on a schedule.
 """
 
 from __future__ import annotations

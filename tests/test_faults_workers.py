@@ -2,7 +2,8 @@
 
 Real Celery workers (prefork) on a private Redis; the broker's visibility timeout is short
 so a message whose worker was killed comes back within seconds, as it would in an hour in
-production.
+production. A message a killed worker had taken off the list but not yet recorded as
+unacknowledged comes back through `batches requeue-lost`, the chart's CronJob.
 """
 
 from __future__ import annotations
@@ -80,7 +81,20 @@ def test_workers_killed_with_sigkill_at_random_moments_lose_nothing(
         outcome.in_flight_expenses = max(outcome.in_flight_expenses, expenses)
     assert len(kills) >= 3, f"the run ended before enough kills: {kills}"
 
-    work.wait_all_terminal(240)
+    try:
+        work.wait_all_terminal(90)
+    except AssertionError:
+        # A whole worker killed after its BRPOP took a message off the queue list and before
+        # kombu wrote it to the unacked hash takes the message with it: no restore brings it
+        # back and its batch stays PENDING. The chart's requeue-lost CronJob finds such a
+        # batch (unfinished, quiet, held nowhere in the broker); run its pass as it would.
+        # Only that race may need it: at most a message per whole-worker kill.
+        swept = platform.cli("batches", "requeue-lost", "--quiet-minutes", "0.5").stdout
+        summary = swept.strip().splitlines()[-1]
+        print(f"  requeue-lost: {summary}")
+        whole_kills = sum(1 for kill in kills if kill[1] == "whole worker")
+        assert int(summary.split()[1]) <= whole_kills, swept
+        work.wait_all_terminal(120)
     verify(work, expected, outcome)
     for kill in kills:
         print(

@@ -3,9 +3,6 @@ enqueued again by `condo-audit batches requeue-lost`; a batch still queued is le
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -26,18 +23,6 @@ def idle_platform(
     running = launch_platform(tmp_path_factory, redis_server, database_url, worker=False)
     yield running
     running.stop()
-
-
-def run_cli(platform: Platform, *argv: str) -> subprocess.CompletedProcess[str]:
-    """The real command line, in its own process, configured like the platform."""
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *argv],
-        env={**os.environ, **platform.env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
 
 
 def test_a_batch_lost_by_the_broker_is_requeued_once(idle_platform: Platform) -> None:
@@ -64,12 +49,12 @@ def test_a_batch_lost_by_the_broker_is_requeued_once(idle_platform: Platform) ->
             redis.lrem(queue, 1, message)
     assert task_ids_in_broker(redis, queue) == {kept}
 
-    quiet_hour = run_cli(platform, "batches", "requeue-lost", "--quiet-minutes", "60")
+    quiet_hour = platform.cli("batches", "requeue-lost", "--quiet-minutes", "60")
     assert "requeued 0 of 0" in quiet_hour.stdout  # nothing quiet for that long yet
-    dry = run_cli(platform, "batches", "requeue-lost", "--quiet-minutes", "0", "--dry-run")
+    dry = platform.cli("batches", "requeue-lost", "--quiet-minutes", "0", "--dry-run")
     assert "would requeue 1 of 2" in dry.stdout
     assert task_ids_in_broker(redis, queue) == {kept}
-    out = run_cli(platform, "batches", "requeue-lost", "--quiet-minutes", "0").stdout
+    out = platform.cli("batches", "requeue-lost", "--quiet-minutes", "0").stdout
     assert lost in out
     assert kept not in out
     assert task_ids_in_broker(redis, queue) == {lost, kept}

@@ -4,6 +4,8 @@ and Celery workers, each platform on its own Redis database and queue."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -79,6 +81,17 @@ class Platform:
 
     def sim(self) -> httpx.Client:
         return httpx.Client(base_url=self.simulator_url, timeout=10.0)
+
+    def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """`condo-audit ARGV` in its own process, configured like the platform's."""
+        return subprocess.run(
+            [sys.executable, "-m", "cli", *argv],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
 
     def new_tenant(self, name: str = "other") -> tuple[str, str]:
         with session_scope(self.database_url) as session:
