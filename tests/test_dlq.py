@@ -4,9 +4,7 @@ replay all of a provider, discard; a replay is idempotent, even two at once."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -132,15 +130,7 @@ def test_dead_letters_through_the_api(platform: Platform) -> None:
 
 
 def cli(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **platform.env}
-    return subprocess.run(
-        [sys.executable, "-m", "cli", "dlq", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return platform.cli("dlq", *args, check=False)
 
 
 def test_dead_letters_through_the_cli(platform: Platform) -> None:

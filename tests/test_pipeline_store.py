@@ -331,8 +331,9 @@ def test_after_a_dropped_connection_the_next_transaction_gets_a_live_one(
                 s.execute(text("SELECT pg_backend_pid()")).scalar_one() for s in (first, second)
             ]
         with session_scope(postgres_url) as admin:
-            admin.execute(text("SELECT pg_terminate_backend(pid) FROM unnest(:pids) AS pid"),
-                          {"pids": pids})  # fmt: skip
+            admin.execute(
+                text("SELECT pg_terminate_backend(pid) FROM unnest(:pids) AS pid"), {"pids": pids}
+            )
         with (
             pytest.raises(OperationalError) as dropped,
             sessions.begin() as session,

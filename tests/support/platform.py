@@ -82,7 +82,7 @@ class Platform:
     def sim(self) -> httpx.Client:
         return httpx.Client(base_url=self.simulator_url, timeout=10.0)
 
-    def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`condo-audit ARGV` in its own process, configured like the platform's."""
         return subprocess.run(
             [sys.executable, "-m", "cli", *argv],
@@ -90,7 +90,7 @@ class Platform:
             capture_output=True,
             text=True,
             timeout=60,
-            check=True,
+            check=check,
         )
 
     def new_tenant(self, name: str = "other") -> tuple[str, str]:
