@@ -5,7 +5,15 @@ sending the next: about twenty round trips a batch, each a wake-up of the server
 worker. None of these statements needs an earlier one's answer to be written (the start's
 audit entry reads the attempt from the row the update just wrote, the reads find the batch's
 rows by its id), so here they go out together: the start and its reads in one trip plus the
-commit, the fetched bank rows and the rule inputs in one, the result and the commit in one.
+commit, the rule inputs in one, the result and the commit in one.
+
+The fetched bank rows are stored with the result, their matches set as they are inserted:
+storing them first and pairing them afterwards wrote every paired row twice (an UPDATE is a
+new row version, its indexes and its foreign-key check again). The rows of the page that
+could pay an expense are candidates straight from the page unless the condominium already
+has them stored, in which case the stored row (and whether another batch took it) counts.
+A transaction-level advisory lock per condominium, taken before the inputs are read, keeps
+two batches of one condominium from pairing the same debit.
 Plain SQL through the driver also skips SQLAlchemy's per-statement work, which the pipeline
 could not use anyway (it reads a result's shape as soon as a statement is sent).
 
@@ -18,7 +26,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
 
 import orjson
@@ -44,7 +53,7 @@ START = (
     "WHERE batches.id = %(batch_id)s AND batches.status <> ALL(%(terminal)s) "
     "AND c.id = batches.condominium_id "
     "RETURNING batches.tenant_id, batches.condominium_id, batches.failed_attempts, "
-    "c.pluggy_account_id, c.audit_settings"
+    "c.pluggy_account_id, c.audit_settings, batches.summary IS NOT NULL"
 )
 # An ExpenseFacts' fields, in order.
 EXPENSES = (
@@ -58,13 +67,25 @@ REGISTRATIONS = (
 )
 
 # The second transaction: as audit.pipeline's statements, in the driver's parameter style.
+# Held until the commit: a second batch of the condominium reads its inputs once the first's
+# matches are stored. The first key keeps these locks apart from any other advisory locks.
+CONDOMINIUM_LOCK_SPACE = 0x43_41_55_44  # "CAUD"
+LOCK_CONDOMINIUM = "SELECT pg_advisory_xact_lock(%(lock_space)s, hashtext(%(condominium_id)s))"
+# The fetched rows that could pay an expense and are stored already: the stored row is the
+# candidate (CANDIDATES reads it when no other batch took it), the fetched copy is not.
+STORED_TRANSACTIONS = (
+    "SELECT provider_transaction_id FROM bank_transactions "
+    "WHERE condominium_id = %(condominium_id)s "
+    "AND provider_transaction_id = ANY(CAST(%(transaction_ids)s AS varchar[]))"
+)
 STORE_TRANSACTIONS = (
     "INSERT INTO bank_transactions (condominium_id, provider_transaction_id, account_id, "
-    "date, amount, description, type, status, receiver_document) "
+    "date, amount, description, type, status, receiver_document, matched_expense_id) "
     "SELECT %(condominium_id)s, r.id, r.account_id, r.date, r.amount, r.description, r.type, "
-    "r.status, r.receiver_document FROM json_to_recordset(CAST(%(rows)s AS json)) AS r("
+    "r.status, r.receiver_document, r.matched_expense_id "
+    "FROM json_to_recordset(CAST(%(rows)s AS json)) AS r("
     "id varchar, account_id varchar, date date, amount numeric, description varchar, "
-    "type varchar, status varchar, receiver_document varchar) "
+    "type varchar, status varchar, receiver_document varchar, matched_expense_id integer) "
     "ON CONFLICT (condominium_id, provider_transaction_id) DO NOTHING"
 )
 CANDIDATES = (
@@ -182,6 +203,10 @@ class Started:
     expenses: list[ExpenseFacts]
     # The cached registrations of its suppliers, with when each was fetched (fresh or not).
     registrations: list[tuple[Registration, dt.datetime]]
+    # A result was stored before (its summary is set with it, and only then): its pairings
+    # are to be cleared. Otherwise the batch has none, since pairings are stored only with
+    # the SUCCESS that ends a batch.
+    audited_before: bool
 
 
 def start(session: Session, batch_id: str) -> Started | None:
@@ -221,7 +246,7 @@ def start(session: Session, batch_id: str) -> Started | None:
         ]  # fmt: skip
     if batch is None:
         return None
-    tenant_id, condominium_id, failed_attempts, account_id, stored_settings = batch
+    tenant_id, condominium_id, failed_attempts, account_id, stored_settings, audited = batch
     return Started(
         tenant_id=tenant_id,
         condominium_id=condominium_id,
@@ -230,19 +255,38 @@ def start(session: Session, batch_id: str) -> Started | None:
         stored_settings=stored_settings,
         expenses=facts,
         registrations=cached,
+        audited_before=audited,
     )
+
+
+CENT = Decimal("0.01")
+
+
+def as_stored(record: BankTransactionRecord) -> BankTransactionRecord:
+    """The row PostgreSQL stores for a fetched transaction (amount in cents, rounded half away
+    from zero as numeric(14, 2) does; the description cut to its column), so a candidate
+    taken from the page is the one a later batch reads back."""
+    amount = record.amount.quantize(CENT, ROUND_HALF_UP)
+    if amount == record.amount and len(record.description) <= 500:
+        return record
+    return replace(record, amount=amount, description=record.description[:500])
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The rules' inputs from the database, read with the fetched bank rows stored."""
+    """The rules' inputs: the candidates (stored ones and the page's new ones), the history
+    and the tenant's webhook subscriptions; and the page's rows, stored with the result."""
 
     transactions: list[BankTransactionRecord]
     history: list[ExpenseFacts]
     webhook_events: list[list[str]]
+    fetched: list[BankTransactionRecord]
+    # The page's candidates that were not stored yet: paired, their pairing is inserted
+    # with them; any other pairing updates a stored row.
+    new_candidates: frozenset[str]
 
 
-def transaction_document(records: Sequence[BankTransactionRecord]) -> str:
+def transaction_document(records: Sequence[BankTransactionRecord], matches: dict[str, int]) -> str:
     return _json(
         [
             {
@@ -250,10 +294,11 @@ def transaction_document(records: Sequence[BankTransactionRecord]) -> str:
                 "account_id": r.account_id,
                 "date": r.date.isoformat(),
                 "amount": str(r.amount),
-                "description": r.description[:500],
+                "description": r.description,
                 "type": r.type,
                 "status": r.status,
                 "receiver_document": r.receiver_document,
+                "matched_expense_id": matches.get(r.id),
             }
             for r in records
         ]
@@ -271,40 +316,50 @@ def read_inputs(
     settings: RuleSettings,
     history_days: int,
 ) -> Inputs:
-    """Store the fetched bank rows and read the candidates, the history and the tenant's
-    webhook subscriptions: one round trip (call inside `raw.pipeline()`)."""
+    """Lock the condominium's pairings and read the stored candidates, which of the page's are
+    stored already, the history and the tenant's webhook subscriptions: one round trip (call
+    inside `raw.pipeline()`)."""
     params: dict[str, Any] = {
         "batch_id": batch_id,
         "tenant_id": tenant_id,
         "condominium_id": condominium_id,
     }
-    if records:
-        raw.cursor().execute(STORE_TRANSACTIONS, {**params, "rows": transaction_document(records)})
-    candidates = history = None
+    fetched: dict[str, BankTransactionRecord] = {}
+    for record in records:  # a row listed twice is stored once, as first listed
+        fetched.setdefault(record.id, as_stored(record))
+    from_page: list[BankTransactionRecord] = []
+    candidates = stored = history = None
     if expenses:
+        raw.cursor().execute(LOCK_CONDOMINIUM, {**params, "lock_space": CONDOMINIUM_LOCK_SPACE})
         window = dt.timedelta(days=settings.match_window_days)
         first = min(e.expense_date for e in expenses)
-        amounts = sorted({e.amount for e in expenses} | {-e.amount for e in expenses})
+        start, end = first - window, max(e.expense_date for e in expenses) + window
+        amounts = {e.amount for e in expenses} | {-e.amount for e in expenses}
         candidates = raw.cursor()
         candidates.execute(
-            CANDIDATES,
-            {
-                **params,
-                "start": first - window,
-                "end": max(e.expense_date for e in expenses) + window,
-                "amounts": amounts,
-            },
+            CANDIDATES, {**params, "start": start, "end": end, "amounts": sorted(amounts)}
         )
+        from_page = [r for r in fetched.values() if start <= r.date <= end and r.amount in amounts]
+        if from_page:
+            stored = raw.cursor()
+            stored.execute(
+                STORED_TRANSACTIONS, {**params, "transaction_ids": [r.id for r in from_page]}
+            )
         history = raw.cursor()
         history.execute(HISTORY, {**params, "since": first - dt.timedelta(days=history_days)})
     hooks = raw.cursor()
     hooks.execute(WEBHOOK_EVENTS, params)
+    transactions = (
+        [] if candidates is None else [BankTransactionRecord(*row) for row in candidates.fetchall()]
+    )
+    known = set() if stored is None else {tx_id for (tx_id,) in stored.fetchall()}
+    new_candidates = [r for r in from_page if r.id not in known]
     return Inputs(
-        transactions=[]
-        if candidates is None
-        else [BankTransactionRecord(*row) for row in candidates.fetchall()],
+        transactions=transactions + new_candidates,
         history=[] if history is None else [ExpenseFacts(*row) for row in history.fetchall()],
         webhook_events=[list(events or []) for (events,) in hooks.fetchall()],
+        fetched=list(fetched.values()),
+        new_candidates=frozenset(r.id for r in new_candidates),
     )
 
 
@@ -314,24 +369,41 @@ def write_result(
     *,
     batch_id: str,
     condominium_id: str,
+    inputs: Inputs,
     result: BatchEvaluation,
     expenses: Sequence[ExpenseFacts],
     summary: dict[str, Any],
+    audited_before: bool,
 ) -> None:
-    """Replace the batch's findings and matches, record SUCCESS and its audit entry: queued
-    in the pipeline, sent with whatever follows (the commit)."""
+    """Store the fetched rows with their pairings, replace the batch's findings and its
+    pairings of stored rows (those of an earlier result only when there was one), record
+    SUCCESS and its audit entry: queued in the pipeline, sent with whatever follows (the
+    commit). Clearing pairings that cannot exist is not free: before the table's first
+    ANALYZE the planner reads the whole table for it."""
     now = dt.datetime.now(dt.UTC)
     params: dict[str, Any] = {"batch_id": batch_id, "condominium_id": condominium_id, "now": now}
-    raw.cursor().execute(DELETE_FINDINGS, params)
-    if expenses:
-        raw.cursor().execute(CLEAR_MATCHES, {"expense_ids": [e.expense_id for e in expenses]})
-    if result.matches:
+    if audited_before:
+        raw.cursor().execute(DELETE_FINDINGS, params)
+        if expenses:
+            raw.cursor().execute(CLEAR_MATCHES, {"expense_ids": [e.expense_id for e in expenses]})
+    inserted = {
+        tx_id: expense_id
+        for expense_id, tx_id in result.matches.items()
+        if tx_id in inputs.new_candidates
+    }
+    if inputs.fetched:
+        raw.cursor().execute(
+            STORE_TRANSACTIONS,
+            {**params, "rows": transaction_document(inputs.fetched, inserted)},
+        )
+    updated = {e: tx for e, tx in result.matches.items() if tx not in inserted}
+    if updated:
         raw.cursor().execute(
             STORE_MATCHES,
             {
                 **params,
-                "transaction_ids": list(result.matches.values()),
-                "matched_ids": list(result.matches.keys()),
+                "transaction_ids": list(updated.values()),
+                "matched_ids": list(updated.keys()),
             },
         )
     if result.findings:

@@ -108,6 +108,8 @@ class BatchWork:
     stored_settings: dict[str, Any] | None
     expenses: list[ExpenseFacts]
     registrations: dict[str, Registration]
+    # False only when the batch is known to have no stored result to replace.
+    audited_before: bool = True
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class BatchAuditor:
             stored_settings=started.stored_settings,
             expenses=started.expenses,
             registrations=self.suppliers.fresh(started.registrations),
+            audited_before=started.audited_before,
         )
         return work, started.attempt
 
@@ -224,8 +227,8 @@ class BatchAuditor:
         settings: RuleSettings,
         bank_data_available: bool,
     ) -> AuditOutcome:
-        """`audit`'s transaction on PostgreSQL: the bank rows stored and the rules' inputs
-        read in one round trip, the result and the commit in another. The tenant's webhook
+        """`audit`'s transaction on PostgreSQL: the rules' inputs read in one round trip, the
+        fetched bank rows stored with the result and the commit in another. The tenant's webhook
         subscriptions are read with the inputs; only a tenant subscribed to the event takes
         the outbox's own path (record_batch_event) before the commit."""
         expenses = work.expenses
@@ -258,9 +261,11 @@ class BatchAuditor:
                     raw,
                     batch_id=work.batch_id,
                     condominium_id=work.condominium_id,
+                    inputs=inputs,
                     result=result,
                     expenses=expenses,
                     summary=summary,
+                    audited_before=work.audited_before,
                 )
                 if subscribed:
                     pipeline.sync()  # the outbox's rows follow before the commit

@@ -1,9 +1,11 @@
 """What the worker reads and writes for a batch, on SQLite and PostgreSQL alike (PostgreSQL
-takes the bank rows as one JSON document and the matches as arrays, SQLite executemany)."""
+takes the bank rows as one JSON document, their pairings with them, SQLite executemany)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from decimal import Decimal
 from typing import cast
 
@@ -19,7 +21,7 @@ from audit.auditlog import AuditLogService
 from audit.auth import create_tenant
 from audit.batches import ExpenseInput, findings_summary, submit_batch
 from audit.db import make_engine, session_factory, session_scope
-from audit.models import BankTransaction, Batch, Condominium
+from audit.models import BankTransaction, Batch, Condominium, Finding
 from audit.pipeline import (
     BatchAuditor,
     SupplierSource,
@@ -347,3 +349,136 @@ def test_after_a_dropped_connection_the_next_transaction_gets_a_live_one(
                 assert raw.execute("SELECT 1").fetchone() == (1,)
     finally:
         engine.dispose()
+
+
+def run_batch(auditor: BatchAuditor, batch_id: str) -> dict[str, object]:
+    begun = auditor.begin(batch_id)
+    assert begun is not None
+    return auditor.audit(begun[0]).summary
+
+
+def pairings(url: str) -> dict[str, int | None]:
+    with session_scope(url) as session:
+        return dict(
+            session.execute(
+                select(BankTransaction.provider_transaction_id, BankTransaction.matched_expense_id)
+            ).all()
+        )
+
+
+def expense_ids(url: str, batch_id: str) -> list[int]:
+    with session_scope(url) as session:
+        return [e.expense_id for e in load_work(session, session.get_one(Batch, batch_id)).expenses]
+
+
+def test_a_fetched_row_already_stored_counts_as_stored(database_url: str) -> None:
+    """Each month's fetch overlaps the last: a row another batch paired with its expense is
+    no candidate however often it is fetched again, and a stored row nobody paired is paired
+    in place."""
+    tenant_id, condominium_id = setup(database_url)
+    with session_scope(database_url) as session:
+        session.get_one(Condominium, condominium_id).pluggy_account_id = "acc"
+    earlier = submit(database_url, condominium_id, tenant_id, [DAY])
+    later = submit(database_url, condominium_id, tenant_id, [DAY, DAY])
+    auditor = BatchAuditor(
+        session_factory(database_url),
+        cached_supplier(database_url),
+        FixedTransactions([record(0), record(1)]),
+    )
+    run_batch(auditor, earlier)
+    (paid_earlier,) = expense_ids(database_url, earlier)
+    assert pairings(database_url) == {"tx0": paid_earlier, "tx1": None}
+
+    summary = run_batch(auditor, later)
+    first, second = expense_ids(database_url, later)
+    # tx0 could pay the later batch's first expense too, but the earlier batch has it.
+    assert pairings(database_url) == {"tx0": paid_earlier, "tx1": second}
+    assert summary["by_rule"]["NO_BANK_MATCH"] == 1  # type: ignore[index]
+    with session_scope(database_url) as session:
+        unpaid = session.scalars(
+            select(Finding.expense_id).where(
+                Finding.batch_id == later, Finding.rule_code == "NO_BANK_MATCH"
+            )
+        ).all()
+    assert unpaid == [first]
+
+
+@pytest.mark.postgres
+def test_a_fetched_row_pays_as_it_is_stored(postgres_url: str) -> None:
+    """A candidate taken from the fetched page is the row a later batch reads back: the amount
+    in cents as numeric(14, 2) rounds it, the description cut to its column."""
+    tenant_id, condominium_id = setup(postgres_url)
+    with session_scope(postgres_url) as session:
+        session.get_one(Condominium, condominium_id).pluggy_account_id = "acc"
+    batch_id = submit(postgres_url, condominium_id, tenant_id, [DAY])
+    fetched = record(0, amount=Decimal("-100.495"), description="y" * 600)
+    auditor = BatchAuditor(
+        session_factory(postgres_url), cached_supplier(postgres_url), FixedTransactions([fetched])
+    )
+    first = run_batch(auditor, batch_id)
+    assert "NO_BANK_MATCH" not in first["by_rule"]  # type: ignore[operator]
+    (expense_id,) = expense_ids(postgres_url, batch_id)
+    with session_scope(postgres_url) as session:
+        stored = session.scalars(select(BankTransaction)).one()
+        assert (stored.amount, stored.description, stored.matched_expense_id) == (
+            Decimal("-100.50"),
+            "y" * 500,
+            expense_id,
+        )
+        session.get_one(Batch, batch_id).status = "RETRY"
+    assert run_batch(auditor, batch_id) == first  # the re-run reads the stored row
+
+
+@pytest.mark.postgres
+def test_two_batches_of_a_condominium_never_pair_one_debit_twice(postgres_url: str) -> None:
+    """A batch reads its candidates only once the condominium's other batch in flight has
+    stored its pairings (a lock per condominium, held to the commit). Here the other batch
+    is a transaction holding that lock with tx0 paired but not yet committed."""
+    tenant_id, condominium_id = setup(postgres_url)
+    with session_scope(postgres_url) as session:
+        session.get_one(Condominium, condominium_id).pluggy_account_id = "acc"
+    first = submit(postgres_url, condominium_id, tenant_id, [DAY])
+    second = submit(postgres_url, condominium_id, tenant_id, [DAY])
+    (paid_first,) = expense_ids(postgres_url, first)
+    auditor = BatchAuditor(
+        session_factory(postgres_url), cached_supplier(postgres_url), FixedTransactions([record(0)])
+    )
+    begun = auditor.begin(second)
+    assert begun is not None
+    engine = make_engine(postgres_url)
+    outcome: list[dict[str, object]] = []
+    try:
+        with engine.connect() as holder:
+            holder.execute(
+                text("SELECT pg_advisory_xact_lock(:space, hashtext(:condominium))"),
+                {"space": pgbatch.CONDOMINIUM_LOCK_SPACE, "condominium": condominium_id},
+            )
+            holder.execute(
+                text(
+                    "INSERT INTO bank_transactions (condominium_id, provider_transaction_id, "
+                    "account_id, date, amount, description, type, status, matched_expense_id) "
+                    "VALUES (:c, 'tx0', 'acc', :day, -100.50, 'PIX 0', 'DEBIT', 'POSTED', :e)"
+                ),
+                {"c": condominium_id, "day": DAY, "e": paid_first},
+            )
+            worker = threading.Thread(
+                target=lambda: outcome.append(auditor.audit(begun[0]).summary)
+            )
+            worker.start()
+            deadline = time.monotonic() + 30
+            while not holder.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                )
+            ).scalar_one():
+                assert worker.is_alive(), "the batch read its inputs without waiting"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            holder.commit()
+        worker.join(30)
+    finally:
+        engine.dispose()
+    (summary,) = outcome
+    assert summary["by_rule"]["NO_BANK_MATCH"] == 1  # type: ignore[index]
+    assert pairings(postgres_url) == {"tx0": paid_first}
