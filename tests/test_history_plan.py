@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import ClauseElement, create_engine, insert, text
 
+from audit import pgbatch
 from audit.auth import create_tenant
 from audit.db import session_scope
 from audit.models import BankTransaction, Batch, Condominium, Expense
@@ -201,3 +202,34 @@ def test_clearing_a_batch_s_matches_probes_the_matched_expense_index(
     text_plan = json.dumps(plan)
     assert "ix_bank_transactions_matched_expense_id" in text_plan, plan
     assert "Seq Scan" not in text_plan, plan
+
+
+def analyze_driver_sql(url: str, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of one of audit.pgbatch's statements, with the driver's parameters."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        raw = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).scalar()
+        connection.rollback()
+    engine.dispose()
+    plan = raw if isinstance(raw, list) else json.loads(str(raw))
+    root: dict[str, Any] = plan[0]["Plan"]
+    return root
+
+
+def test_finding_which_fetched_rows_are_stored_probes_the_unique_key(
+    history_database: tuple[str, str, str],
+) -> None:
+    """The worker asks which of the fetched page's rows the condominium stores already: one
+    probe of (condominium_id, provider_transaction_id) per row, whatever its history."""
+    url, condominium_id, batch_id = history_database
+    fetched = [f"{batch_id}-{n}" for n in range(0, TRANSACTIONS_EACH, 2)] + ["not-stored"]
+    plan = analyze_driver_sql(
+        url,
+        pgbatch.STORED_TRANSACTIONS,
+        {"condominium_id": condominium_id, "transaction_ids": fetched},
+    )
+    (scan,) = scans_of(plan, "bank_transactions")
+    text_plan = json.dumps(plan)
+    assert "uq_bank_transactions_condominium_id_provider_transaction_id" in text_plan, plan
+    assert "Seq Scan" not in text_plan, plan
+    assert scan["Actual Rows"] == len(fetched) - 1
