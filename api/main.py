@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,7 +20,14 @@ from audit.settings import Settings, get_settings
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """On shutdown, close the asyncio reads' connections while their event loop runs."""
+    """On startup, freeze what the process has built so far; on shutdown, close the asyncio
+    reads' connections while their event loop runs.
+
+    The imported modules, the app and its routes are some 160,000 objects that live as long
+    as the process. The collector's full passes walked them all: about 100 ms a pass on a
+    slow core, added to every request that waited behind it (the POST p99). Frozen, those
+    passes only see what requests leave behind."""
+    gc.freeze()
     yield
     await close_readers()
 
