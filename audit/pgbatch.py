@@ -6,6 +6,8 @@ worker. None of these statements needs an earlier one's answer to be written (th
 audit entry reads the attempt from the row the update just wrote, the reads find the batch's
 rows by its id), so here they go out together: the start and its reads in one trip plus the
 commit, the rule inputs in one, the result and the commit in one.
+Plain SQL through the driver also skips SQLAlchemy's per-statement work, which the pipeline
+could not use anyway (it reads a result's shape as soon as a statement is sent).
 
 The fetched bank rows are stored with the result, their matches set as they are inserted:
 storing them first and pairing them afterwards wrote every paired row twice (an UPDATE is a
@@ -14,8 +16,6 @@ could pay an expense are candidates straight from the page unless the condominiu
 has them stored, in which case the stored row (and whether another batch took it) counts.
 A transaction-level advisory lock per condominium, taken before the inputs are read, keeps
 two batches of one condominium from pairing the same debit.
-Plain SQL through the driver also skips SQLAlchemy's per-statement work, which the pipeline
-could not use anyway (it reads a result's shape as soon as a statement is sent).
 
 Driver errors are raised as SQLAlchemy's (OperationalError, DataError, ...), which is what the
 worker's retry policy tells apart; a broken connection is invalidated so the pool drops it.
@@ -27,7 +27,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP
 from typing import Any, cast
 
 import orjson
@@ -42,6 +42,7 @@ from audit.observability.instrumentation import enabled
 from audit.observability.tracing import tracing_requested
 from audit.providers.base import BankTransactionRecord, Registration, RegistrationStatus
 from audit.rules import BatchEvaluation, ExpenseFacts, RuleSettings
+from audit.rules.model import CENT
 
 TERMINAL = (str(BatchStatus.SUCCESS), str(BatchStatus.FAILURE))
 
@@ -257,9 +258,6 @@ def start(session: Session, batch_id: str) -> Started | None:
         registrations=cached,
         audited_before=audited,
     )
-
-
-CENT = Decimal("0.01")
 
 
 def as_stored(record: BankTransactionRecord) -> BankTransactionRecord:

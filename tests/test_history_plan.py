@@ -120,12 +120,19 @@ def batch_facts(url: str, batch_id: str) -> list[ExpenseFacts]:
         ]
 
 
-def analyze(url: str, statement: ClauseElement) -> dict[str, Any]:
-    """EXPLAIN ANALYZE's plan tree (rolled back: the UPDATE is only planned and run)."""
+def analyze(
+    url: str, statement: ClauseElement | str, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """EXPLAIN ANALYZE's plan tree (rolled back: the UPDATE is only planned and run) of a
+    SQLAlchemy statement, or of one of audit.pgbatch's with the driver's parameters."""
     engine = create_engine(url)
     with engine.connect() as connection:
-        compiled = statement.compile(connection, compile_kwargs={"literal_binds": True})
-        raw = connection.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}")).scalar()
+        if isinstance(statement, str):
+            explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}"
+            raw = connection.exec_driver_sql(explain, params or {}).scalar()
+        else:
+            compiled = statement.compile(connection, compile_kwargs={"literal_binds": True})
+            raw = connection.execute(text(f"EXPLAIN (ANALYZE, FORMAT JSON) {compiled}")).scalar()
         connection.rollback()
     engine.dispose()
     plan = raw if isinstance(raw, list) else json.loads(str(raw))
@@ -204,18 +211,6 @@ def test_clearing_a_batch_s_matches_probes_the_matched_expense_index(
     assert "Seq Scan" not in text_plan, plan
 
 
-def analyze_driver_sql(url: str, sql: str, params: dict[str, Any]) -> dict[str, Any]:
-    """EXPLAIN ANALYZE of one of audit.pgbatch's statements, with the driver's parameters."""
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        raw = connection.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).scalar()
-        connection.rollback()
-    engine.dispose()
-    plan = raw if isinstance(raw, list) else json.loads(str(raw))
-    root: dict[str, Any] = plan[0]["Plan"]
-    return root
-
-
 def test_finding_which_fetched_rows_are_stored_probes_the_unique_key(
     history_database: tuple[str, str, str],
 ) -> None:
@@ -223,7 +218,7 @@ def test_finding_which_fetched_rows_are_stored_probes_the_unique_key(
     probe of (condominium_id, provider_transaction_id) per row, whatever its history."""
     url, condominium_id, batch_id = history_database
     fetched = [f"{batch_id}-{n}" for n in range(0, TRANSACTIONS_EACH, 2)] + ["not-stored"]
-    plan = analyze_driver_sql(
+    plan = analyze(
         url,
         pgbatch.STORED_TRANSACTIONS,
         {"condominium_id": condominium_id, "transaction_ids": fetched},
