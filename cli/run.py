@@ -156,6 +156,12 @@ def load_sample() -> dict[str, Any]:
     return data
 
 
+def exit_on_signal(signum: int, _frame: object) -> None:
+    """SIGTERM (`kill`, a closed terminal's session, a service manager) leaves the way Ctrl-C
+    does, through run_platform's `finally`: the processes it started stop with it."""
+    raise SystemExit(128 + signum)
+
+
 def run_platform(args: argparse.Namespace) -> int:
     check_port_free(args.api_port, "--api-port")
     check_port_free(args.simulator_port, "--simulator-port")
@@ -164,6 +170,7 @@ def run_platform(args: argparse.Namespace) -> int:
     rotate_logs(log_dir)
     env: dict[str, str] = {"PYTHONPATH": str(Path.cwd())}
     processes: list[ManagedProcess] = []
+    previous = signal.signal(signal.SIGTERM, exit_on_signal)
     try:
         if "REDIS_URL" not in os.environ:
             port = free_port()
@@ -235,9 +242,9 @@ def run_platform(args: argparse.Namespace) -> int:
                 audit_sample(settings, api_url, simulator_url, receiver)
             if args.exit_after_sample:
                 return 0
-            print("\nserving; press Ctrl-C to stop")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        return 0
+            print("\nserving; press Ctrl-C to stop", flush=True)
+            while True:
+                signal.pause()  # until Ctrl-C or SIGTERM raises out of it
     except (FileNotFoundError, TimeoutError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
     finally:
@@ -245,6 +252,7 @@ def run_platform(args: argparse.Namespace) -> int:
         redis = [p for p in processes if p.name == "redis"]
         stop_all([p for p in processes if p.name != "redis"])
         stop_all(redis)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def rotate_logs(log_dir: Path) -> None:

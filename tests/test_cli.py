@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +170,32 @@ def test_a_reader_that_goes_away_is_not_an_error(workdir: Path) -> None:
     _, err = listing.communicate(timeout=60)
     assert err == b""
     assert listing.returncode == 0
+
+
+def test_sigterm_stops_run_and_everything_it_started(workdir: Path) -> None:
+    """`kill`, a closed terminal or a service manager sends SIGTERM: `condo-audit run` must
+    stop its Redis, simulator, API and workers as Ctrl-C does, not leave them running."""
+    output = workdir / "run.out"
+    argv = [sys.executable, "-m", "cli", "run", "--no-sample",
+            "--api-port", str(free_port()), "--simulator-port", str(free_port())]  # fmt: skip
+    with output.open("w") as sink:
+        run = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, cwd=workdir)
+    try:
+        deadline = time.monotonic() + 180
+        while "serving" not in output.read_text():
+            assert run.poll() is None, output.read_text()
+            assert time.monotonic() < deadline, output.read_text()
+            time.sleep(0.5)
+        children = [
+            int(pid) for pid in Path(f"/proc/{run.pid}/task/{run.pid}/children").read_text().split()
+        ]
+        assert len(children) >= 5, output.read_text()  # redis, simulator, API, two workers
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:
+            run.kill()
+    deadline = time.monotonic() + 30
+    while running := [pid for pid in children if Path(f"/proc/{pid}").exists()]:
+        assert time.monotonic() < deadline, f"still running after the run ended: {running}"
+        time.sleep(0.5)
