@@ -140,9 +140,11 @@ class BankTransaction(Base):
     __tablename__ = "bank_transactions"
     __table_args__ = (
         UniqueConstraint("condominium_id", "provider_transaction_id"),
-        # The candidate query's: one condominium's match window, its amounts read in the index.
+        # The candidate query's: one probe of the match window per amount the batch pays. With
+        # the date before the amount (0006), every amount walked the whole window: the cost
+        # grew with the transactions stored, 3 ms at two years of history against 0.6 ms.
         Index(
-            "ix_bank_transactions_condominium_id_date_amount", "condominium_id", "date", "amount"
+            "ix_bank_transactions_condominium_id_amount_date", "condominium_id", "amount", "date"
         ),
     )
 

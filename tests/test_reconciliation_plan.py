@@ -77,7 +77,7 @@ def query_plan(database_url: str, condominium_id: str) -> str:
     return "\n".join(str(row) for row in rows)
 
 
-def test_candidate_transactions_use_the_condominium_date_amount_index(database_url: str) -> None:
+def test_candidate_transactions_use_the_condominium_amount_date_index(database_url: str) -> None:
     condominium_id = populate(database_url)
     plan = query_plan(database_url, condominium_id)
-    assert "ix_bank_transactions_condominium_id_date_amount" in plan, plan
+    assert "ix_bank_transactions_condominium_id_amount_date" in plan, plan
