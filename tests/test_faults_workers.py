@@ -49,7 +49,9 @@ def test_workers_killed_with_sigkill_at_random_moments_lose_nothing(
     platform_without_workers: Platform,
 ) -> None:
     platform = platform_without_workers
-    configure(platform, cnpjws={"latency_ms": 120})
+    # Six lookups a batch at 300 ms: the 40 batches hold four pool processes about 20 s, longer
+    # than a busy machine takes to restart a killed worker, during which the other one works on.
+    configure(platform, cnpjws={"latency_ms": 300})
     platform.start_worker("reference")
     expected = reference(platform)
     platform.processes.pop("reference").stop()

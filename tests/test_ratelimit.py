@@ -21,6 +21,8 @@ from audit.ratelimit import RateLimiter, requests_for
 from simulator.testing import RedisServer, SimulatorServer
 
 T = TypeVar("T")
+# How long spawned processes may take to start (import) on a busy machine.
+START_TIMEOUT_SECONDS = 180.0
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +136,13 @@ def _hammer(
     seconds: float,
     index: int,
     out: Any,
+    start: Any,
 ) -> None:
-    """One 'worker process': look CNPJs up as fast as the fleet's limiter lets it."""
+    """One 'worker process': look CNPJs up as fast as the fleet's limiter lets it, from the
+    moment every process is ready (a busy machine can take longer to start one than the
+    test runs them)."""
     try:
+        start.wait(START_TIMEOUT_SECONDS)
         out.put(_lookups_until(redis_url, sim_url, rate, max_wait, seconds, index))
     except BaseException as exc:  # the test reports it instead of waiting for a result
         out.put({"error": repr(exc)})
@@ -186,12 +192,16 @@ def test_many_processes_share_one_budget(
     with SimulatorServer(config) as sim:
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
+        start = ctx.Barrier(processes + 1)
         workers = [
-            ctx.Process(target=_hammer, args=(redis_url, sim.url, rate, max_wait, seconds, i, out))
+            ctx.Process(
+                target=_hammer, args=(redis_url, sim.url, rate, max_wait, seconds, i, out, start)
+            )
             for i in range(processes)
         ]
         for worker in workers:
             worker.start()
+        start.wait(START_TIMEOUT_SECONDS)
         results = [out.get(timeout=seconds + 30) for _ in workers]
         for worker in workers:
             worker.join(timeout=10)
