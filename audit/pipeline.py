@@ -252,6 +252,7 @@ class BatchAuditor:
                 inputs.history,
                 settings,
                 bank_data_available=bank_data_available,
+                history_cents_by_category=inputs.history_cents_by_category,
             )
             summary = summarize(result.findings)
             subscribed = any(event.value in events for events in inputs.webhook_events)

@@ -172,6 +172,38 @@ def test_the_history_query_reads_the_window_from_the_condominium_date_index(
     assert scan["Actual Rows"] + EXPENSES_EACH * 10 < EXPENSES_EACH * (MONTHS + 1)
 
 
+@pytest.mark.parametrize("statement", ["HISTORY", "HISTORY_CENTS_BY_CATEGORY"])
+def test_the_worker_s_history_queries_read_the_window_from_the_condominium_date_index(
+    history_database: tuple[str, str, str], statement: str
+) -> None:
+    """audit.pgbatch's two parts of the history (the batch's suppliers' expenses, the others'
+    amounts by category): each one range of the (condominium_id, expense_date) index."""
+    url, condominium_id, batch_id = history_database
+    expenses = batch_facts(url, batch_id)
+    since = min(e.expense_date for e in expenses) - dt.timedelta(days=HISTORY_DAYS)
+    params = {
+        "condominium_id": condominium_id,
+        "batch_id": batch_id,
+        "since": since,
+        "suppliers": [SUPPLIER],
+    }
+    plan = analyze(url, getattr(pgbatch, statement), params)
+    (scan,) = scans_of(plan, "expenses")
+    index = scan.get("Index Name") or next(
+        n["Index Name"] for n in nodes(plan) if n["Node Type"] == "Bitmap Index Scan"
+    )
+    assert index == "ix_expenses_condominium_id_expense_date", plan
+    index_cond = scan.get("Index Cond") or next(
+        n["Index Cond"] for n in nodes(plan) if n["Node Type"] == "Bitmap Index Scan"
+    )
+    assert f"expense_date >= '{since.isoformat()}'" in index_cond, plan
+    in_window = sum(
+        EXPENSES_EACH for offset in range(MONTHS + 1) if month_start(offset + 1) > since
+    )
+    read = scan["Actual Rows"] + scan.get("Rows Removed by Filter", 0)
+    assert read <= in_window, plan
+
+
 def test_candidate_transactions_read_the_date_window_and_probe_the_paying_expense(
     history_database: tuple[str, str, str],
 ) -> None:

@@ -39,6 +39,7 @@ from audit.providers.base import (
 )
 from audit.rules import BatchEvaluation, FindingDraft, RuleCode, Severity, fingerprint
 from audit.suppliers import SupplierDirectory, upsert_registration
+from tests.support.helpers import make_cnpj
 
 DAY = dt.date(2026, 10, 10)
 SUPPLIER = "11222333000181"
@@ -180,6 +181,69 @@ def test_history_is_the_condominium_s_other_batches_within_the_window(database_u
             for e in load_work(session, session.get_one(Batch, b)).expenses
         }
     assert sorted(batches[h.expense_id] for h in history) == sorted([recent, later])
+
+
+def test_history_rules_see_the_condominium_s_other_batches(database_url: str) -> None:
+    """What the history rules read of the other batches (in full on SQLite; on PostgreSQL the
+    batch's suppliers' expenses in full and the others' amounts by category): a repeated
+    invoice of the supplier is a duplicate, and an amount far above what other suppliers were
+    paid in its category ('Manutenção ' and 'manutencao' are one) is an outlier; the year's
+    window and the condominium bound both."""
+    tenant_id, condominium_id = setup(database_url)
+    _, elsewhere = setup(database_url)
+    others = [make_cnpj(f"history-{n}") for n in range(3)]
+
+    def item(
+        external_id: str, supplier: str, amount: str, days_before: int, category: str, invoice: str
+    ) -> ExpenseInput:
+        return ExpenseInput(
+            external_id=external_id,
+            supplier_cnpj=supplier,
+            amount=Decimal(amount),
+            expense_date=DAY - dt.timedelta(days=days_before),
+            description="Serviço",
+            category=category,
+            invoice_number=invoice,
+        )
+
+    past = [
+        item(f"h{n}", others[n % 3], f"{100 + n}.00", 30 + n, ("Manutenção ", "manutencao")[n % 2],
+             f"{n}")
+        for n in range(8)
+    ]  # fmt: skip
+    past.append(item("paid-before", SUPPLIER, "50.00", 60, "limpeza", "NF 77"))
+    past.append(item("too-old", others[0], "9000.00", 400, "manutencao", "1"))
+    with session_scope(database_url) as session:
+        submit_batch(session, tenant_id, condominium_id, past)
+        elsewhere_tenant = session.get_one(Condominium, elsewhere).tenant_id
+        submit_batch(
+            session,
+            elsewhere_tenant,
+            elsewhere,
+            [item("elsewhere", others[1], "1.00", 5, "manutencao", "2")],
+        )
+        batch_id = submit_batch(
+            session,
+            tenant_id,
+            condominium_id,
+            [item("big", SUPPLIER, "5000.00", 0, "MANUTENÇÃO", "NF-e 000077")],
+        ).batch_id
+    auditor = BatchAuditor(session_factory(database_url), cached_supplier(database_url), None)
+    run_batch(auditor, batch_id)
+    with session_scope(database_url) as session:
+        findings = {
+            (f.rule_code, f.evidence.get("scope")): f.evidence
+            for f in session.scalars(select(Finding).where(Finding.batch_id == batch_id))
+        }
+    duplicate = findings[("DUPLICATE_PAYMENT", None)]
+    assert [r["external_id"] for r in duplicate["repeats"]] == ["paid-before"]
+    outlier = findings[("AMOUNT_OUTLIER", "category")]
+    assert (outlier["history_count"], outlier["history_min"], outlier["history_max"]) == (
+        8,
+        "100.00",
+        "107.00",
+    )
+    assert ("AMOUNT_OUTLIER", "supplier") not in findings  # one earlier payment is too few
 
 
 def test_settings_the_rules_reject_fail_the_audit_not_the_start(database_url: str) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import json
 import random
+from collections import defaultdict
 from decimal import Decimal
 
 import pytest
@@ -272,6 +273,51 @@ def test_history_that_repeats_the_batch_counts_it_once() -> None:
     # a re-run passes the batch's own rows in the history too: no self-duplicates
     findings = run(history=[*HISTORY, *BATCH])
     assert [f.as_dict() for f in findings] == [f.as_dict() for f in run()]
+
+
+def test_other_suppliers_history_as_cents_by_category_finds_what_the_full_history_does() -> None:
+    """audit.pgbatch sends the batch's suppliers' history in full and the others' as amounts
+    by category (raw, as stored: the engine normalizes them)."""
+    rng = random.Random(17)
+    others = [cnpj(f"0UTR0{n:07d}") for n in range(12)]
+    categories = ["limpeza", "Limpeza ", "manutenção", "manutencao", "elevadores", "seguranca"]
+    history = [
+        expense(
+            1000 + n,
+            f"H-{n}",
+            rng.choice([*others, *others, CLEANER, LIFTS, PLUMBER]),
+            f"{rng.randint(150, 1400)}.{rng.randint(0, 99):02d}",
+            D(2025, 4, 1) + dt.timedelta(days=rng.randint(0, 330)),
+            rng.choice(categories),
+            str(rng.randint(1, 10**6)),
+        )
+        for n in range(300)
+    ]
+    paid = {e.supplier_cnpj for e in BATCH}
+    peers = [h for h in history if h.supplier_cnpj in paid]
+    cents: dict[str, list[int]] = defaultdict(list)
+    for h in history:
+        if h.supplier_cnpj not in paid:
+            cents[h.category].append(h.cents)
+    assert peers
+    assert cents
+
+    def compact(by_category: dict[str, list[int]]) -> list[dict[str, object]]:
+        result = evaluate(
+            BATCH,
+            REGISTRATIONS,
+            TRANSACTIONS,
+            peers,
+            RuleSettings(),
+            bank_data_available=True,
+            history_cents_by_category=by_category,
+        )
+        return [f.as_dict() for f in result.findings]
+
+    full = [f.as_dict() for f in run(history=history)]
+    assert compact(cents) == full
+    # The other suppliers' amounts count: without them the category outliers differ.
+    assert compact({}) != full
 
 
 def test_other_condominiums_history_is_ignored() -> None:

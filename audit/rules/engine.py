@@ -42,19 +42,31 @@ def evaluate(
     settings: RuleSettings,
     *,
     bank_data_available: bool,
+    history_cents_by_category: Mapping[str, Sequence[int]] | None = None,
 ) -> BatchEvaluation:
     """Findings ordered by (expense, rule, fingerprint), and the matches to store.
 
     history: the condominium's other expenses; one also present in the batch (same
-    expense_id) counts once. NO_BANK_MATCH is only judged when bank_data_available.
+    expense_id) counts once. history_cents_by_category: the amounts, in cents, of the batch's
+    condominium's other expenses that `history` leaves out, by category: the category's
+    outlier pool is all the rules read of an expense of a supplier the batch does not pay, so
+    a caller may send only the batch's suppliers' expenses in full (audit.pgbatch does).
+    NO_BANK_MATCH is only judged when bank_data_available.
     """
     known: dict[int, ExpenseFacts] = {h.expense_id: h for h in history}
     known.update((e.expense_id, e) for e in expenses)
     by_supplier: dict[tuple[str, str], list[ExpenseFacts]] = defaultdict(list)
-    by_category: dict[tuple[str, str], list[ExpenseFacts]] = defaultdict(list)
+    supplier_cents: dict[tuple[str, str], list[int]] = defaultdict(list)
+    category_cents: dict[tuple[str, str], list[int]] = defaultdict(list)
     for item in known.values():
-        by_supplier[(item.condominium_id, item.supplier_cnpj)].append(item)
-        by_category[(item.condominium_id, normalize_category(item.category))].append(item)
+        supplier_key = (item.condominium_id, item.supplier_cnpj)
+        by_supplier[supplier_key].append(item)
+        supplier_cents[supplier_key].append(item.cents)
+        category_cents[(item.condominium_id, normalize_category(item.category))].append(item.cents)
+    if expenses and history_cents_by_category:
+        condominium_id = expenses[0].condominium_id
+        for category, cents in history_cents_by_category.items():
+            category_cents[(condominium_id, normalize_category(category))].extend(cents)
 
     matches: dict[int, str] = {}
     debits_by_cents: dict[int, list[BankTransactionRecord]] = defaultdict(list)
@@ -81,8 +93,8 @@ def evaluate(
         findings.extend(
             outlier_findings(
                 expense,
-                pool(supplier_pools, by_supplier, supplier_key).without(expense.cents),
-                pool(category_pools, by_category, category_key).without(expense.cents),
+                pool(supplier_pools, supplier_cents, supplier_key).without(expense.cents),
+                pool(category_pools, category_cents, category_key).without(expense.cents),
                 settings,
             )
         )
@@ -103,13 +115,13 @@ def evaluate(
 
 def pool(
     pools: dict[tuple[str, str], AmountPool],
-    groups: Mapping[tuple[str, str], list[ExpenseFacts]],
+    groups: Mapping[tuple[str, str], list[int]],
     key: tuple[str, str],
 ) -> AmountPool:
-    """The group's amount pool, built on first use."""
+    """The group's amount pool (its members' cents), built on first use."""
     found = pools.get(key)
     if found is None:
-        found = pools[key] = AmountPool(p.cents for p in groups[key])
+        found = pools[key] = AmountPool(groups[key])
     return found
 
 
