@@ -139,8 +139,13 @@ def seed_simulator(simulator_url: str, sample: dict[str, Any]) -> None:
 
 
 def check_port_free(port: int, option: str) -> None:
-    """Fail before starting anything when a port is taken, naming the option that sets it."""
+    """Fail before starting anything when a port is taken, naming the option that sets it.
+
+    Probed as the servers bind (SO_REUSEADDR, as uvicorn does): the closed connections of a
+    run stopped a moment ago linger in TIME_WAIT for a minute, and block a plain bind but
+    not the servers; only a socket listening on the port does."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

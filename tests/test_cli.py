@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from audit.settings import DEFAULT_DATABASE_URL, get_settings
 from cli.main import build_parser, main
 from cli.processes import free_port
-from cli.run import STATE_DIR, rotate_logs
+from cli.run import STATE_DIR, check_port_free, rotate_logs
 
 
 @pytest.fixture
@@ -138,6 +138,23 @@ def test_a_busy_port_is_named_by_its_option(
     assert f"port {port} on 127.0.0.1 is already in use" in err
     assert f"choose another with {option}" in err
     assert not (workdir / ".local").exists()  # nothing was started
+
+
+def test_a_port_whose_last_connections_linger_is_free_to_run_again() -> None:
+    """Run, stop, run again: the stopped servers' closed connections sit in TIME_WAIT on their
+    ports for a minute, which the servers' own bind (SO_REUSEADDR) does not mind."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server closes first: its side waits in TIME_WAIT
+            assert client.recv(1) == b""
+    with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+        plain.bind(("127.0.0.1", port))  # what the probe used to do: refused
+    check_port_free(port, "--api-port")
 
 
 def test_local_logs_keep_two_runs_whatever_the_number_of_runs(tmp_path: Path) -> None:
