@@ -29,7 +29,7 @@ from audit.providers.pluggy import PluggyTransactions
 from audit.ratelimit import RateLimiter
 from audit.settings import Settings
 from simulator.testing import SimulatorServer, free_port
-from tests.support.helpers import cnpj_from
+from tests.support.helpers import PROCESS_START_TIMEOUT_SECONDS, cnpj_from
 
 
 def settings_for(sim: SimulatorServer, **overrides: Any) -> Settings:
@@ -326,7 +326,8 @@ def test_pluggy_date_is_the_sao_paulo_day_and_period_is_inclusive(
     assert by_id["late"].receiver_document is None
 
 
-def _fetch_many(redis_url: str, sim_url: str, fetches: int, out: Any) -> None:
+def _fetch_many(redis_url: str, sim_url: str, fetches: int, out: Any, start: Any) -> None:
+    start.wait(PROCESS_START_TIMEOUT_SECONDS)  # together, however long each took to import
     redis = Redis.from_url(redis_url)
     with httpx.Client(timeout=5) as http:
         client = PluggyTransactions(
@@ -348,12 +349,20 @@ def test_pluggy_one_key_for_the_fleet(sim: SimulatorServer, redis: Redis, redis_
     """Done-means (5), token reuse: four processes starting together, one auth call."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    workers = [ctx.Process(target=_fetch_many, args=(redis_url, sim.url, 5, out)) for _ in range(4)]
+    start = ctx.Barrier(5)
+    workers = [
+        ctx.Process(target=_fetch_many, args=(redis_url, sim.url, 5, out, start)) for _ in range(4)
+    ]
     for worker in workers:
         worker.start()
-    totals = [out.get(timeout=60) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=10)
+    try:
+        start.wait(PROCESS_START_TIMEOUT_SECONDS)
+        totals = [out.get(timeout=60) for _ in workers]
+    finally:  # none left behind to write the key into the next test's Redis
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
     assert all(total > 0 for total in totals)
     stats = sim.stats()["pluggy"]
     assert stats["auth"]["received"] == 1

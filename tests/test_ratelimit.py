@@ -19,10 +19,9 @@ from audit.providers.cnpj import MinhaReceitaLookup
 from audit.providers.http import Budget
 from audit.ratelimit import RateLimiter, requests_for
 from simulator.testing import RedisServer, SimulatorServer
+from tests.support.helpers import PROCESS_START_TIMEOUT_SECONDS
 
 T = TypeVar("T")
-# How long spawned processes may take to start (import) on a busy machine.
-START_TIMEOUT_SECONDS = 180.0
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +141,7 @@ def _hammer(
     moment every process is ready (a busy machine can take longer to start one than the
     test runs them)."""
     try:
-        start.wait(START_TIMEOUT_SECONDS)
+        start.wait(PROCESS_START_TIMEOUT_SECONDS)
         out.put(_lookups_until(redis_url, sim_url, rate, max_wait, seconds, index))
     except BaseException as exc:  # the test reports it instead of waiting for a result
         out.put({"error": repr(exc)})
@@ -201,7 +200,7 @@ def test_many_processes_share_one_budget(
         ]
         for worker in workers:
             worker.start()
-        start.wait(START_TIMEOUT_SECONDS)
+        start.wait(PROCESS_START_TIMEOUT_SECONDS)
         results = [out.get(timeout=seconds + 30) for _ in workers]
         for worker in workers:
             worker.join(timeout=10)
@@ -222,26 +221,35 @@ def test_many_processes_share_one_budget(
     assert achieved <= rate
 
 
-def share_of_grants(redis: Redis, *, fair: bool, seconds: float = 2.5) -> Counter[str]:
-    """A asks ten times for every time B asks, as a tenant with ten times the batches would."""
+def share_of_grants(
+    redis: Redis, *, fair: bool, seconds: float = 2.5
+) -> tuple[Counter[str], float]:
+    """A asks ten times for every time B asks, as a tenant with ten times the batches would.
+    Also returns how long the asking stalled (rounds more than 50 ms apart, as a busy machine
+    makes them): a slot that passes while nobody asks is not the limiter's idleness."""
     limiter = RateLimiter(redis, headroom=0.0, fair_share=fair)
     granted: Counter[str] = Counter()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    stalled = 0.0
+    deadline = last = time.monotonic()
+    deadline += seconds
+    while (now := time.monotonic()) < deadline:
+        stalled += max(0.0, now - last - 0.05)
+        last = now
         for tenant in ["A"] * 10 + ["B"]:
             if limiter.reserve("cnpjws", 1200, 0.0, tenant=tenant).granted:
                 granted[tenant] += 1
         time.sleep(0.005)
-    return granted
+    return granted, stalled
 
 
 def test_a_tenant_asking_ten_times_as_often_gets_no_more_than_its_share(redis: Redis) -> None:
-    first_come = share_of_grants(redis, fair=False)
+    first_come, _ = share_of_grants(redis, fair=False)
     assert first_come["A"] > 4 * first_come["B"]  # what a plain shared budget does
     redis.flushdb()
-    fair = share_of_grants(redis, fair=True)
+    fair, stalled = share_of_grants(redis, fair=True)
     total = fair["A"] + fair["B"]
-    assert 40 <= total <= 52  # 20 a second for 2.5 s: the budget is neither exceeded nor idle
+    # 20 a second for 2.5 s: the budget is neither exceeded nor idle while asked.
+    assert 40 - 20 * stalled <= total <= 52, (fair, stalled)
     assert abs(fair["A"] - fair["B"]) <= 0.15 * total, fair
 
 

@@ -26,7 +26,12 @@ from starlette.routing import BaseRoute
 from api.main import app
 from audit.db import session_scope, upgrade_database
 from audit.models import ApiKey, AuditLogEntry, Batch, DeadLetter
-from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import (
+    PROCESS_START_TIMEOUT_SECONDS,
+    active_registration,
+    expense,
+    make_cnpj,
+)
 from tests.support.platform import Platform, launch_platform, sqlite_platform_for, sqlite_url
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
@@ -132,14 +137,22 @@ def test_a_revoked_key_is_refused_and_keys_are_stored_hashed(platform: Platform)
     env = {**platform.env, "PATH": "/usr/bin:/bin"}
     listed = subprocess.run(
         [sys.executable, "-m", "cli", "keys", "list", tenant_id],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_START_TIMEOUT_SECONDS,
+        check=True,
+    )
     assert key_id in listed.stdout
     assert key not in listed.stdout
     subprocess.run(
         [sys.executable, "-m", "cli", "keys", "revoke", key_id],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_START_TIMEOUT_SECONDS,
+        check=True,
+    )
     with platform.client(key) as client:
         assert client.get("/dead-letters").status_code == 401
 

@@ -7,6 +7,11 @@ from typing import Any
 
 from audit.cnpj import check_digits
 
+# How long a test waits for processes it starts (a spawned Python, a CLI command) on a busy
+# machine: importing the project there has taken over a minute. A bound against hangs, not a
+# speed requirement.
+PROCESS_START_TIMEOUT_SECONDS = 180.0
+
 
 def make_cnpj(seed: str, alphanumeric: bool = False) -> str:
     """A valid, deterministic CNPJ for a seed string."""

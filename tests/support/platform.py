@@ -32,6 +32,7 @@ from cli.processes import (
     wait_all,
 )
 from ops.scratchdb import postgres_unavailable
+from tests.support.helpers import PROCESS_START_TIMEOUT_SECONDS
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -89,7 +90,7 @@ class Platform:
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=PROCESS_START_TIMEOUT_SECONDS,
             check=check,
         )
 
