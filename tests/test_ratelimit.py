@@ -19,7 +19,7 @@ from audit.providers.cnpj import MinhaReceitaLookup
 from audit.providers.http import Budget
 from audit.ratelimit import RateLimiter, requests_for
 from simulator.testing import RedisServer, SimulatorServer
-from tests.support.helpers import PROCESS_START_TIMEOUT_SECONDS
+from tests.support.helpers import BUSY_MACHINE_WAIT_SECONDS
 
 T = TypeVar("T")
 
@@ -141,7 +141,7 @@ def _hammer(
     moment every process is ready (a busy machine can take longer to start one than the
     test runs them)."""
     try:
-        start.wait(PROCESS_START_TIMEOUT_SECONDS)
+        start.wait(BUSY_MACHINE_WAIT_SECONDS)
         out.put(_lookups_until(redis_url, sim_url, rate, max_wait, seconds, index))
     except BaseException as exc:  # the test reports it instead of waiting for a result
         out.put({"error": repr(exc)})
@@ -200,7 +200,7 @@ def test_many_processes_share_one_budget(
         ]
         for worker in workers:
             worker.start()
-        start.wait(PROCESS_START_TIMEOUT_SECONDS)
+        start.wait(BUSY_MACHINE_WAIT_SECONDS)
         results = [out.get(timeout=seconds + 30) for _ in workers]
         for worker in workers:
             worker.join(timeout=10)

@@ -32,7 +32,7 @@ from cli.processes import (
     wait_all,
 )
 from ops.scratchdb import postgres_unavailable
-from tests.support.helpers import PROCESS_START_TIMEOUT_SECONDS
+from tests.support.helpers import BUSY_MACHINE_WAIT_SECONDS
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -90,7 +90,7 @@ class Platform:
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,
-            timeout=PROCESS_START_TIMEOUT_SECONDS,
+            timeout=BUSY_MACHINE_WAIT_SECONDS,
             check=check,
         )
 
@@ -108,7 +108,7 @@ class Platform:
         return str(response.json()["id"])
 
     def wait_for_status(
-        self, task_id: str, statuses: set[str], timeout: float = 60.0
+        self, task_id: str, statuses: set[str], timeout: float = BUSY_MACHINE_WAIT_SECONDS
     ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         body: dict[str, Any] = {}
