@@ -12,7 +12,12 @@ from sqlalchemy import func, select
 
 from audit.db import session_scope, upgrade_database
 from audit.models import DeadLetter, SupplierRegistration
-from tests.support.helpers import active_registration, expense, make_cnpj
+from tests.support.helpers import (
+    BUSY_MACHINE_WAIT_SECONDS,
+    active_registration,
+    expense,
+    make_cnpj,
+)
 from tests.support.platform import Platform, launch_platform, sqlite_url
 
 RATE_PER_MINUTE = 240  # 4 lookups a second for the whole fleet
@@ -56,7 +61,9 @@ def submit_all(
     return tasks
 
 
-def wait_all(platform: Platform, tasks: list[str], timeout: float) -> list[dict[str, Any]]:
+def wait_all(
+    platform: Platform, tasks: list[str], timeout: float = BUSY_MACHINE_WAIT_SECONDS
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     return [
         platform.wait_for_status(task, {"SUCCESS", "FAILURE"}, max(deadline - time.monotonic(), 1))
@@ -117,7 +124,7 @@ def test_fifty_batches_sharing_twenty_unknown_cnpjs_cost_twenty_lookups(fleet: P
     ]
     tasks = submit_all(fleet, condominium, batches)
     start_four_processes(fleet)
-    assert {s["status"] for s in wait_all(fleet, tasks, timeout=120)} == {"SUCCESS"}
+    assert {s["status"] for s in wait_all(fleet, tasks)} == {"SUCCESS"}
     stats = cnpjws_stats(fleet)
     print(f"\n50 batches, {len(set(shared))} unknown CNPJs: {stats['received']} lookups")
     assert stats["received"] == 20
@@ -138,7 +145,7 @@ def test_429_storms_and_outages_end_in_success_without_dead_letters(fleet: Platf
         ).raise_for_status()
     tasks = submit_all(fleet, condominium, batches)
     start_four_processes(fleet)
-    statuses = wait_all(fleet, tasks, timeout=150)
+    statuses = wait_all(fleet, tasks)
     assert {s["status"] for s in statuses} == {"SUCCESS"}
     assert dead_letters(fleet) == 0
     assert cnpjws_stats(fleet)["by_status"].get("429") == 12  # the storm did happen
@@ -146,7 +153,7 @@ def test_429_storms_and_outages_end_in_success_without_dead_letters(fleet: Platf
         sim.post("/_sim/config", json={"minha_receita": {"outage": False}}).raise_for_status()
         sim.post("/_sim/config", json={"cnpjws": {"outage_seconds": 6}}).raise_for_status()
     more = submit_all(fleet, condominium, [[expense("o1", make_cnpj(f"out-{uuid.uuid4()}"))]])
-    assert wait_all(fleet, more, timeout=60)[0]["status"] == "SUCCESS"
+    assert wait_all(fleet, more)[0]["status"] == "SUCCESS"
     assert dead_letters(fleet) == 0
 
 
@@ -159,7 +166,7 @@ def test_the_fallback_provider_answers_when_the_first_is_down(fleet: Platform) -
     fleet.start_worker("fallback", concurrency=1)
     try:
         [task] = submit_all(fleet, condominium, [[expense("fb1", supplier)]])
-        assert wait_all(fleet, [task], timeout=60)[0]["status"] == "SUCCESS"
+        assert wait_all(fleet, [task])[0]["status"] == "SUCCESS"
     finally:
         with fleet.sim() as sim:
             sim.post("/_sim/config", json={"cnpjws": {"outage": False}}).raise_for_status()
@@ -190,7 +197,7 @@ def test_pluggy_pages_and_one_api_key_for_many_fetches(fleet: Platform) -> None:
                for b in range(6)]  # fmt: skip
     tasks = submit_all(fleet, condominium, batches)
     start_four_processes(fleet)
-    assert {s["status"] for s in wait_all(fleet, tasks, timeout=60)} == {"SUCCESS"}
+    assert {s["status"] for s in wait_all(fleet, tasks)} == {"SUCCESS"}
     with fleet.sim() as sim:
         stats = sim.get("/_sim/stats").json()["pluggy"]
     assert stats["auth"]["received"] == 1
