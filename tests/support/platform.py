@@ -33,6 +33,7 @@ from cli.processes import (
 )
 from ops.scratchdb import postgres_unavailable
 from tests.support.helpers import BUSY_MACHINE_WAIT_SECONDS
+from worker.broker import read_backlog
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -120,9 +121,25 @@ class Platform:
                 if body["status"] in statuses:
                     return body
                 time.sleep(0.1)
-        worker = self.processes.get("worker")
-        tail = worker.log_tail(60) if worker else ""
-        raise AssertionError(f"task {task_id} still {body.get('status')} after {timeout}s\n{tail}")
+        raise AssertionError(
+            f"task {task_id} still {body.get('status')} after {timeout}s\n{self.diagnosis()}"
+        )
+
+    def diagnosis(self) -> str:
+        """Where the work stands when a wait runs out: the queue's keys and each process's log."""
+        redis = Redis.from_url(self.redis_url, socket_timeout=5)
+        try:
+            queue: object = read_backlog(redis, self.env["AUDIT_QUEUE"])
+        except Exception as exc:  # the diagnosis must not hide the failure it explains
+            queue = repr(exc)
+        finally:
+            redis.close()
+        tails = [
+            f"--- {name} ({process.log_path}) ---\n{process.log_tail(40)}"
+            for name, process in self.processes.items()
+            if name not in {"api", "simulator"}
+        ]
+        return "\n".join([f"queue: {queue}", *tails])
 
     def spawn_worker(self, name: str = "worker", concurrency: int = 2, **env: str) -> Starting:
         return spawn_worker(
