@@ -136,6 +136,9 @@ def test_sigterm_during_long_tasks_finishes_them_or_they_come_back(
     assert finished_by_first == running, "warm shutdown did not finish its running tasks"
 
     platform.start_worker("w2", concurrency=2)
+    # About 6 s a batch: the SIGKILL a second after the SIGTERM lands mid-task even when a
+    # busy machine makes the status polls below see the start late.
+    configure(platform, cnpjws={"latency_ms": 1000})
     cold = Workload(platform, label="cold")
     cold.submit_many(4)
     wait_started(cold, 1)
