@@ -80,6 +80,14 @@ def value(samples: list[Sample], name: str, **labels: str) -> float:
     return sum(v for n, lab, v in samples if n == name and labels.items() <= lab.items())
 
 
+def queue_parts(samples: list[Sample], queue: str) -> dict[str, float]:
+    """The queue signal's messages by state."""
+    return {
+        state: value(samples, "condo_audit_queue_messages", queue=queue, state=state)
+        for state in ("backlog", "queued", "in_flight", "scheduled")
+    }
+
+
 def label_sets(samples: list[Sample], name: str) -> set[frozenset[str]]:
     return {frozenset(lab) for n, lab, _ in samples if n == name}
 
@@ -219,10 +227,7 @@ def test_the_queue_signal_splits_queued_in_flight_and_scheduled(metered: Platfor
         deadline = time.monotonic() + 10
         while True:
             api = api_samples(metered)
-            parts = {
-                state: value(api, "condo_audit_queue_messages", queue=queue, state=state)
-                for state in ("backlog", "queued", "in_flight", "scheduled")
-            }
+            parts = queue_parts(api, queue)
             # 4 batches, 2 slots: 2 running, 1 spare in the list, 1 in the tenant's backlog.
             if (
                 parts["backlog"] >= 1
@@ -244,11 +249,7 @@ def test_the_queue_signal_splits_queued_in_flight_and_scheduled(metered: Platfor
     # machine the last ack can come a moment after the status, so the signal gets a bound.
     deadline = time.monotonic() + 30
     while True:
-        api = api_samples(metered)
-        parts = {
-            state: value(api, "condo_audit_queue_messages", queue=queue, state=state)
-            for state in ("backlog", "queued", "in_flight", "scheduled")
-        }
+        parts = queue_parts(api_samples(metered), queue)
         if parts == {"backlog": 0, "queued": 0, "in_flight": 0, "scheduled": 1}:
             break
         assert time.monotonic() < deadline, parts
