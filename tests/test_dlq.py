@@ -27,16 +27,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Ite
         yield running
 
 
-def configure(platform: Platform, **changes: Any) -> None:
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": changes}).raise_for_status()
-
-
 def dead_letter_batches(platform: Platform, count: int) -> list[str]:
     """Submit `count` batches during a CNPJ.ws outage; return their task ids once FAILURE."""
     condominium = platform.create_condominium()
     task_ids = []
-    configure(platform, outage=True)
+    platform.configure_simulator(cnpjws={"outage": True})
     try:
         with platform.client() as client, platform.sim() as sim:
             for _ in range(count):
@@ -51,7 +46,7 @@ def dead_letter_batches(platform: Platform, count: int) -> list[str]:
         for task_id in task_ids:
             assert platform.wait_for_status(task_id, {"SUCCESS", "FAILURE"})["status"] == "FAILURE"
     finally:
-        configure(platform, outage=False)
+        platform.configure_simulator(cnpjws={"outage": False})
     return task_ids
 
 

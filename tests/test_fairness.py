@@ -132,8 +132,7 @@ def busy_share(platform: Platform, seconds: float) -> float:
 
 
 def fairness_run(platform: Platform, flooders: int, flood: int) -> None:
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 60}}).raise_for_status()
+    platform.configure_simulator(cnpjws={"latency_ms": 60})
     platform.start_worker("worker", concurrency=CONCURRENCY)
     small = as_tenant(platform, "small")
     big = [platform] + [as_tenant(platform, f"big-{i}") for i in range(1, flooders)]
@@ -192,8 +191,7 @@ def test_a_weight_sets_a_tenant_s_share(idle_platform: Platform) -> None:
 
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(idle_platform: Platform) -> None:
     platform = idle_platform
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 80}}).raise_for_status()
+    platform.configure_simulator(cnpjws={"latency_ms": 80})
     platform.start_workers("w1", "w2")
     expected = reference(platform)
     other = as_tenant(platform, "other")

@@ -59,8 +59,7 @@ def test_database_unavailable_for_a_while_loses_nothing(
         expected = reference(platform)
         # Slow lookups (6 a batch: about 3 s) keep a backlog past the submissions, however
         # fast the worker or slow the machine, so the outage meets tasks mid-run.
-        with platform.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 500}}).raise_for_status()
+        platform.configure_simulator(cnpjws={"latency_ms": 500})
         work = Workload(platform)
         work.submit_many(16)
         spare = platform.create_condominium()
@@ -106,8 +105,7 @@ def test_database_unavailable_for_a_while_loses_nothing(
         assert {p.headers["retry-after"] for p in polls} == {"5"}
         with platform.client() as client:  # back at the first read
             assert client.get(polled).status_code == 200
-        with platform.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 150}}).raise_for_status()
+        platform.configure_simulator(cnpjws={"latency_ms": 150})
 
         work.submit_many(6)  # the API is back by itself
         work.wait_all_terminal(240)

@@ -25,11 +25,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory, private_redis: str) -> It
         yield running
 
 
-def configure(platform: Platform, **changes: Any) -> None:
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": changes}).raise_for_status()
-
-
 def stats(platform: Platform) -> dict[str, Any]:
     with platform.sim() as sim:
         body: dict[str, Any] = sim.get("/_sim/stats").json()
@@ -44,16 +39,20 @@ def test_timeouts_5xx_429_storm_and_a_long_outage_lose_nothing(platform: Platfor
     work = Workload(platform)
 
     # Timeouts (longer than the client's 1 s) and 5xx bursts on a share of the calls.
-    configure(platform, timeout_rate=0.1, timeout_seconds=2, error_rate=0.2)
+    platform.configure_simulator(
+        cnpjws={"timeout_rate": 0.1, "timeout_seconds": 2, "error_rate": 0.2}
+    )
     work.submit_many(12)
     # A 429 storm with a short release time.
-    configure(platform, fail_next=25, fail_status=429, retry_after=True, retry_after_seconds=1)
+    platform.configure_simulator(
+        cnpjws={"fail_next": 25, "fail_status": 429, "retry_after": True, "retry_after_seconds": 1}
+    )
     work.submit_many(8)
     counts = work.wait_all_terminal(240)
-    configure(platform, timeout_rate=0, error_rate=0)
+    platform.configure_simulator(cnpjws={"timeout_rate": 0, "error_rate": 0})
 
     # An outage longer than the retry budget (5 attempts: 0.3 + 0.6 + 1.2 + 2.4 s).
-    configure(platform, outage=True)
+    platform.configure_simulator(cnpjws={"outage": True})
     outage = Workload(platform, label="outage")
     outage.submit_many(6)
     outage_counts = outage.wait_all_terminal(120)
@@ -61,7 +60,7 @@ def test_timeouts_5xx_429_storm_and_a_long_outage_lose_nothing(platform: Platfor
     outcome.in_flight_expenses = outcome.in_flight_batches * 6
     assert outage_counts["FAILURE"] == 6, outage_counts
     verify(outage, expected, Outcome("outage"))  # each FAILURE has its dead letter
-    configure(platform, outage=False)
+    platform.configure_simulator(cnpjws={"outage": False})
 
     with platform.client() as client:
         letters = client.get("/dead-letters", params={"provider": "cnpjws"}).json()

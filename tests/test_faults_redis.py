@@ -38,8 +38,7 @@ def test_redis_restart_mid_run_loses_nothing_and_the_api_says_503(
         expected = reference(platform)
         # About 3 s a batch: the worker cannot keep up with the submissions, so Redis goes
         # away with batches in flight and queued however fast the machine submits them.
-        with platform.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 500}}).raise_for_status()
+        platform.configure_simulator(cnpjws={"latency_ms": 500})
         work = Workload(platform)
         work.submit_many(20)
         time.sleep(1.0)
@@ -90,8 +89,7 @@ def test_redis_restart_mid_run_loses_nothing_and_the_api_says_503(
 
         time.sleep(max(0.0, 6.0 - (time.monotonic() - down_since)))
         redis = start_redis(port, base / "data", base, appendonly=True)
-        with platform.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 150}}).raise_for_status()
+        platform.configure_simulator(cnpjws={"latency_ms": 150})
         work.submit_many(10)  # the API reconnects by itself
 
         work.wait_all_terminal(240)

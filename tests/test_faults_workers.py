@@ -40,18 +40,13 @@ def platform_without_workers(
         process.kill()
 
 
-def configure(platform: Platform, **providers: object) -> None:
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json=providers).raise_for_status()
-
-
 def test_workers_killed_with_sigkill_at_random_moments_lose_nothing(
     platform_without_workers: Platform,
 ) -> None:
     platform = platform_without_workers
     # Six lookups a batch at 300 ms: the 40 batches hold four pool processes about 20 s, longer
     # than a busy machine takes to restart a killed worker, during which the other one works on.
-    configure(platform, cnpjws={"latency_ms": 300})
+    platform.configure_simulator(cnpjws={"latency_ms": 300})
     platform.start_worker("reference")
     expected = reference(platform)
     platform.processes.pop("reference").stop()
@@ -121,7 +116,7 @@ def test_sigterm_during_long_tasks_finishes_them_or_they_come_back(
     platform = platform_without_workers
     platform.start_worker("w1", concurrency=2)
     expected = reference(platform)
-    configure(platform, cnpjws={"latency_ms": 500})  # 6 lookups: about 3 s a batch
+    platform.configure_simulator(cnpjws={"latency_ms": 500})  # 6 lookups: about 3 s a batch
 
     work = Workload(platform, label="term")
     work.submit_many(6)
@@ -138,7 +133,7 @@ def test_sigterm_during_long_tasks_finishes_them_or_they_come_back(
     platform.start_worker("w2", concurrency=2)
     # About 6 s a batch: the SIGKILL a second after the SIGTERM lands mid-task even when a
     # busy machine makes the status polls below see the start late.
-    configure(platform, cnpjws={"latency_ms": 1000})
+    platform.configure_simulator(cnpjws={"latency_ms": 1000})
     cold = Workload(platform, label="cold")
     cold.submit_many(4)
     wait_started(cold, 1)

@@ -33,7 +33,12 @@ MULTIPROC_DIRS: dict[str, Path] = {}
 def metered(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Platform]:
     database_url = sqlite_url(tmp_path_factory.mktemp("db"))
     upgrade_database(database_url)
-    extra = {"MAX_ATTEMPTS": "2", "RATE_LIMIT_MAX_WAIT_SECONDS": "0.5"}
+    # Lookups may take 6 s (the queue-signal test's slow batches) without timing out.
+    extra = {
+        "MAX_ATTEMPTS": "2",
+        "RATE_LIMIT_MAX_WAIT_SECONDS": "0.5",
+        "PROVIDER_TIMEOUT_SECONDS": "15",
+    }
     platform = launch_platform(
         tmp_path_factory, redis_server, database_url, worker=False, extra_env=extra
     )
@@ -92,11 +97,6 @@ def label_sets(samples: list[Sample], name: str) -> set[frozenset[str]]:
     return {frozenset(lab) for n, lab, _ in samples if n == name}
 
 
-def configure(platform: Platform, **providers: dict[str, Any]) -> None:
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json=providers).raise_for_status()
-
-
 def submit(platform: Platform, condominium: str, *suppliers: str) -> str:
     with platform.sim() as sim:
         for cnpj in suppliers:
@@ -132,14 +132,13 @@ def run_every_path(platform: Platform) -> None:
     shared = make_cnpj(f"metrics-shared-{uuid.uuid4()}")
 
     # A 503 then success; then the same supplier again (cache hit) with a bank account.
-    configure(platform, cnpjws={"fail_next": 1, "fail_status": 503})
+    platform.configure_simulator(cnpjws={"fail_next": 1, "fail_status": 503})
     assert finish(platform, submit(platform, condominium, shared))["status"] == "SUCCESS"
     assert finish(platform, submit(platform, condominium, shared))["status"] == "SUCCESS"
     # A 429 pushes the fleet's budget back by its Retry-After, and its batch waits that out.
     # A batch arriving meanwhile finds its slot too far away (more than
     # RATE_LIMIT_MAX_WAIT_SECONDS) and is rescheduled by the limiter.
-    configure(
-        platform,
+    platform.configure_simulator(
         cnpjws={"fail_next": 1, "fail_status": 429, "retry_after": True, "retry_after_seconds": 4},
     )
     try:
@@ -149,14 +148,14 @@ def run_every_path(platform: Platform) -> None:
         assert finish(platform, limited)["status"] == "SUCCESS"
         assert finish(platform, deferred)["status"] == "SUCCESS"
     finally:
-        configure(platform, cnpjws={"retry_after": False, "retry_after_seconds": None})
+        platform.configure_simulator(cnpjws={"retry_after": False, "retry_after_seconds": None})
     # An outage: both attempts fail, the batch is dead-lettered.
-    configure(platform, cnpjws={"outage": True})
+    platform.configure_simulator(cnpjws={"outage": True})
     try:
         dead = submit(platform, condominium, make_cnpj(f"metrics-dead-{uuid.uuid4()}"))
         assert finish(platform, dead)["status"] == "FAILURE"
     finally:
-        configure(platform, cnpjws={"outage": False})
+        platform.configure_simulator(cnpjws={"outage": False})
 
 
 def test_every_metric_is_exported_with_its_labels_after_a_run(metered: Platform) -> None:
@@ -221,10 +220,12 @@ def test_the_queue_signal_splits_queued_in_flight_and_scheduled(metered: Platfor
     app = create_celery_app(Settings(redis_url=metered.redis_url, audit_queue=queue))
     # A retry waiting for its eta: the worker holds it in `unacked` until it is due.
     app.send_task(TASK, args=["no-such-batch"], queue=queue, countdown=600)
-    configure(metered, cnpjws={"latency_ms": 2500})
+    # 6 s a batch: the state below lasts until the first two finish, however long the four
+    # submissions and the scrapes take on a busy machine.
+    metered.configure_simulator(cnpjws={"latency_ms": 6000})
     try:
         tasks = [submit(metered, condominium, make_cnpj(f"slow-{uuid.uuid4()}")) for _ in range(4)]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:
             api = api_samples(metered)
             parts = queue_parts(api, queue)
@@ -242,7 +243,7 @@ def test_the_queue_signal_splits_queued_in_flight_and_scheduled(metered: Platfor
         assert value(api, "condo_audit_backlog_tenants") == 1
         assert value(api, "condo_audit_backlog_largest_tenant_batches") == parts["backlog"]
     finally:
-        configure(metered, cnpjws={"latency_ms": 0})
+        metered.configure_simulator(cnpjws={"latency_ms": 0})
     for task_id in tasks:
         assert finish(metered, task_id)["status"] == "SUCCESS"
     # The worker acks a message after its task has stored SUCCESS (acks_late): on a busy

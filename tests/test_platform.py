@@ -47,11 +47,6 @@ def events(platform: Platform, task_id: str) -> list[str]:
     return [entry["event"] for entry in response.json()]
 
 
-def configure(platform: Platform, **providers: dict[str, Any]) -> None:
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json=providers).raise_for_status()
-
-
 def test_a_batch_is_audited_end_to_end(platform: Platform) -> None:
     good, gone = make_cnpj("good-supplier"), make_cnpj("gone-supplier")
     register_active(platform, good)
@@ -105,7 +100,7 @@ def test_a_provider_failing_twice_then_succeeding_retries_twice(platform: Platfo
     supplier = make_cnpj(f"flaky-{uuid.uuid4()}")
     register_active(platform, supplier)
     condominium = platform.create_condominium()
-    configure(platform, cnpjws={"fail_next": 2, "fail_status": 503})
+    platform.configure_simulator(cnpjws={"fail_next": 2, "fail_status": 503})
     with platform.client() as client:
         task_id = submit(client, condominium, [expense("f1", supplier)]).json()["task_id"]
     seen: set[str] = set()
@@ -128,13 +123,13 @@ def test_a_provider_failing_always_is_dead_lettered_then_replayed(platform: Plat
     supplier = make_cnpj(f"down-{uuid.uuid4()}")
     register_active(platform, supplier)
     condominium = platform.create_condominium()
-    configure(platform, cnpjws={"outage": True})
+    platform.configure_simulator(cnpjws={"outage": True})
     try:
         with platform.client() as client:
             task_id = submit(client, condominium, [expense("d1", supplier)]).json()["task_id"]
         status = platform.wait_for_status(task_id, {"SUCCESS", "FAILURE"}, timeout=90)
     finally:
-        configure(platform, cnpjws={"outage": False})
+        platform.configure_simulator(cnpjws={"outage": False})
     assert status["status"] == "FAILURE"
     assert "dead-lettered after 5 failed attempts" in status["error"]
     log = events(platform, task_id)

@@ -168,8 +168,7 @@ def test_the_fallback_provider_answers_when_the_first_is_down(fleet: Platform) -
         [task] = submit_all(fleet, condominium, [[expense("fb1", supplier)]])
         assert wait_all(fleet, [task])[0]["status"] == "SUCCESS"
     finally:
-        with fleet.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"outage": False}}).raise_for_status()
+        fleet.configure_simulator(cnpjws={"outage": False})
     with session_scope(fleet.database_url) as session:
         registration = session.get(SupplierRegistration, supplier)
         assert registration is not None

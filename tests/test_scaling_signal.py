@@ -59,8 +59,7 @@ def unfinished(platform: Platform) -> int:
 
 def test_sigterm_mid_task_finishes_the_task_and_loses_nothing(idle_platform: Platform) -> None:
     platform = idle_platform
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 400}}).raise_for_status()
+    platform.configure_simulator(cnpjws={"latency_ms": 400})
     condominium = platform.create_condominium()
     platform.start_worker("worker-a", concurrency=1)
     task_id = submit_unknown_suppliers(platform, condominium, suppliers=8)
@@ -87,8 +86,7 @@ def test_the_formula_equals_outstanding_work_while_busy(idle_platform: Platform)
     platform = idle_platform
     redis = Redis.from_url(platform.redis_url)
     queue = platform.env["AUDIT_QUEUE"]
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": {"latency_ms": 700}}).raise_for_status()
+    platform.configure_simulator(cnpjws={"latency_ms": 700})
     condominium = platform.create_condominium()
     for _ in range(6):
         submit_unknown_suppliers(platform, condominium, suppliers=1)
@@ -129,8 +127,7 @@ def test_the_formula_counts_retries_waiting_for_their_countdown(idle_platform: P
     platform = idle_platform
     redis = Redis.from_url(platform.redis_url)
     queue = platform.env["AUDIT_QUEUE"]
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": {"outage": True}}).raise_for_status()
+    platform.configure_simulator(cnpjws={"outage": True})
     condominium = platform.create_condominium()
     tasks = [submit_unknown_suppliers(platform, condominium, suppliers=1) for _ in range(4)]
     platform.start_worker("retrying", concurrency=2)

@@ -226,8 +226,7 @@ def test_keys_and_provider_credentials_never_leak(platform: Platform) -> None:
         platform.start_worker("worker", concurrency=1)
         assert platform.wait_for_status(good, {"SUCCESS", "FAILURE"})["status"] == "SUCCESS"
         # Failures write errors: a 503 burst, then credentials the providers refuse.
-        with platform.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"fail_next": 1}}).raise_for_status()
+        platform.configure_simulator(cnpjws={"fail_next": 1})
         retried = client.post("/batch-expenses", json=body).json()["task_id"]
         platform.wait_for_status(retried, {"SUCCESS", "FAILURE"})
         with platform.sim() as sim:

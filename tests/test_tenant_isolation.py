@@ -60,8 +60,7 @@ def owned(platform: Platform) -> Owned:
         hook = client.post(
             "/webhooks", json={"url": "http://127.0.0.1:9/hook", "events": ["batch.failed"]}
         ).json()["id"]
-        with platform.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"outage": True}}).raise_for_status()
+        platform.configure_simulator(cnpjws={"outage": True})
         try:
             failed = client.post(
                 "/batch-expenses",
@@ -69,8 +68,7 @@ def owned(platform: Platform) -> Owned:
             ).json()["task_id"]
             assert platform.wait_for_status(failed, {"FAILURE"})["status"] == "FAILURE"
         finally:
-            with platform.sim() as sim:
-                sim.post("/_sim/config", json={"cnpjws": {"outage": False}}).raise_for_status()
+            platform.configure_simulator(cnpjws={"outage": False})
         letters = client.get("/dead-letters").json()
         (delivery,) = client.get(f"/webhooks/{hook}/deliveries").json()
     letter = next(item["id"] for item in letters if item["batch_id"] == failed)

@@ -7,7 +7,6 @@ import itertools
 import json
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
@@ -55,11 +54,6 @@ def traced(
     platform.stop()
 
 
-def configure(platform: Platform, **providers: dict[str, Any]) -> None:
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json=providers).raise_for_status()
-
-
 def submit_one(platform: Platform, supplier: str) -> str:
     with platform.sim() as sim:
         sim.put(f"/_sim/registrations/{supplier}", json=active_registration()).raise_for_status()
@@ -84,7 +78,7 @@ def by_id(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
 def test_a_batch_that_fails_twice_is_one_trace_from_the_request_to_the_last_call(
     traced: Platform, receiver: OtlpReceiver
 ) -> None:
-    configure(traced, cnpjws={"fail_next": 2, "fail_status": 503})
+    traced.configure_simulator(cnpjws={"fail_next": 2, "fail_status": 503})
     task_id = submit_one(traced, make_cnpj(f"traced-{uuid.uuid4()}"))
     status = traced.wait_for_status(task_id, {"SUCCESS", "FAILURE"})
     assert status["status"] == "SUCCESS", status
@@ -163,7 +157,7 @@ def test_a_batch_that_fails_twice_is_one_trace_from_the_request_to_the_last_call
 
 
 def test_worker_log_lines_carry_the_trace_id(traced: Platform) -> None:
-    configure(traced, cnpjws={"fail_next": 1, "fail_status": 503})
+    traced.configure_simulator(cnpjws={"fail_next": 1, "fail_status": 503})
     task_id = submit_one(traced, make_cnpj(f"logged-{uuid.uuid4()}"))
     status = traced.wait_for_status(task_id, {"SUCCESS", "FAILURE"})
     assert status["status"] == "SUCCESS"
@@ -184,12 +178,12 @@ def test_worker_log_lines_carry_the_trace_id(traced: Platform) -> None:
 def test_a_dead_letter_keeps_its_trace_and_its_replay_links_back(
     traced: Platform, receiver: OtlpReceiver
 ) -> None:
-    configure(traced, cnpjws={"outage": True})
+    traced.configure_simulator(cnpjws={"outage": True})
     try:
         task_id = submit_one(traced, make_cnpj(f"dead-{uuid.uuid4()}"))
         status = traced.wait_for_status(task_id, {"SUCCESS", "FAILURE"})
     finally:
-        configure(traced, cnpjws={"outage": False})
+        traced.configure_simulator(cnpjws={"outage": False})
     assert status["status"] == "FAILURE", status
     trace_id = status["trace_id"]
     with session_scope(traced.database_url) as session:

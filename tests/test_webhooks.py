@@ -230,14 +230,12 @@ def test_a_dead_lettered_batch_sends_failed_and_dead_lettered(
 ) -> None:
     register(platform, tenant, receiver)
     condo = condominium(platform, tenant)
-    with platform.sim() as sim:
-        sim.post("/_sim/config", json={"cnpjws": {"outage": True}}).raise_for_status()
+    platform.configure_simulator(cnpjws={"outage": True})
     try:
         task_id = submit(platform, tenant, condo)
         assert wait_task(platform, tenant, task_id)["status"] == "FAILURE"
     finally:
-        with platform.sim() as sim:
-            sim.post("/_sim/config", json={"cnpjws": {"outage": False}}).raise_for_status()
+        platform.configure_simulator(cnpjws={"outage": False})
     received = receiver.wait_for(2)
     bodies = {r.json()["type"]: r.json()["data"] for r in received}
     assert set(bodies) == {"batch.failed", "batch.dead_lettered"}

@@ -84,6 +84,11 @@ class Platform:
     def sim(self) -> httpx.Client:
         return httpx.Client(base_url=self.simulator_url, timeout=10.0)
 
+    def configure_simulator(self, **providers: dict[str, Any]) -> None:
+        """Change how the simulated providers behave, e.g. cnpjws={"latency_ms": 500}."""
+        with self.sim() as sim:
+            sim.post("/_sim/config", json=providers).raise_for_status()
+
     def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`condo-audit ARGV` in its own process, configured like the platform's."""
         return subprocess.run(
