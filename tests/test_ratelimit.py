@@ -221,46 +221,48 @@ def test_many_processes_share_one_budget(
     assert achieved <= rate
 
 
-@dataclass
-class Asking:
-    """What `share_of_grants` saw: grants per tenant, and the rounds a busy machine stalled."""
-
-    granted: Counter[str]
-    stalled_seconds: float  # the time rounds ran more than 50 ms apart
-    stalls: int  # how many rounds did
+# 10 slots a second: a slot every 100 ms, longer than a busy machine's usual pause between
+# two rounds of asking. At 20 a second, rounds 50 ms apart left B's slots unasked (and to A,
+# first in the next round): 23 grants to 13 with 0.65 s of rounds late.
+FAIR_RATE_PER_MINUTE = 600
+FAIR_INTERVAL = 60 / FAIR_RATE_PER_MINUTE
 
 
-def share_of_grants(redis: Redis, *, fair: bool, seconds: float = 2.5) -> Asking:
+def share_of_grants(
+    redis: Redis, *, fair: bool, seconds: float = 5.0
+) -> tuple[Counter[str], float]:
     """A asks ten times for every time B asks, as a tenant with ten times the batches would.
-    A stall (rounds more than 50 ms apart, as a busy machine makes them) is time nobody
-    asks: its slots pass unused, and the first to ask after it, A ten times in eleven, takes
-    the slot that has opened, which is no share the limiter gave."""
+    Also returns how long the asking stalled (rounds more than a slot apart, as a busy machine
+    makes them): a slot that passes while nobody asks is not the limiter's idleness."""
     limiter = RateLimiter(redis, headroom=0.0, fair_share=fair)
-    asking = Asking(Counter(), 0.0, 0)
+    granted: Counter[str] = Counter()
+    stalled = 0.0
     deadline = last = time.monotonic()
     deadline += seconds
     while (now := time.monotonic()) < deadline:
-        if now - last > 0.05:
-            asking.stalled_seconds += now - last - 0.05
-            asking.stalls += 1
+        stalled += max(0.0, now - last - FAIR_INTERVAL)
         last = now
         for tenant in ["A"] * 10 + ["B"]:
-            if limiter.reserve("cnpjws", 1200, 0.0, tenant=tenant).granted:
-                asking.granted[tenant] += 1
+            if limiter.reserve("cnpjws", FAIR_RATE_PER_MINUTE, 0.0, tenant=tenant).granted:
+                granted[tenant] += 1
         time.sleep(0.005)
-    return asking
+    return granted, stalled
 
 
 def test_a_tenant_asking_ten_times_as_often_gets_no_more_than_its_share(redis: Redis) -> None:
-    first_come = share_of_grants(redis, fair=False).granted
+    first_come, _ = share_of_grants(redis, fair=False)
     assert first_come["A"] > 4 * first_come["B"]  # what a plain shared budget does
-    redis.flushdb()
-    asking = share_of_grants(redis, fair=True)
-    fair, total = asking.granted, asking.granted.total()
-    # 20 a second for 2.5 s: the budget is neither exceeded nor idle while asked.
-    assert 40 - 20 * asking.stalled_seconds <= total <= 52, asking
-    # Equal shares, but for the slots opened by a stall, at most one each.
-    assert abs(fair["A"] - fair["B"]) <= 0.15 * total + asking.stalls, asking
+    # A run whose asking stalled for long measured a busy machine, not the limiter: such a
+    # run is measured again, up to three times, and the last one is judged in any case.
+    for _ in range(3):
+        redis.flushdb()
+        fair, stalled = share_of_grants(redis, fair=True)
+        if stalled < 0.5:
+            break
+    total = fair["A"] + fair["B"]
+    # 10 a second for 5 s: the budget is neither exceeded nor idle while asked.
+    assert 40 - 10 * stalled <= total <= 52, (fair, stalled)
+    assert abs(fair["A"] - fair["B"]) <= 0.15 * total, fair
 
 
 def test_a_tenant_alone_has_the_whole_budget(redis: Redis) -> None:
