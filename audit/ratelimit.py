@@ -9,8 +9,10 @@ work waits no budget is left idle, and the sustained rate never exceeds the limi
 
 A caller may reserve a slot up to `max_wait` seconds ahead and sleep until it; a slot
 further away is not reserved (no budget is held for a caller that goes away), the caller
-gets the wait instead and reschedules itself. A provider's 429 pushes TAT to the release
-time it announced, which slows every worker down at once (`penalize`).
+gets the wait instead and reschedules itself (to a random moment inside max_wait before
+the slot, `RateLimitWait.come_back_in`, so the callers sent away do not race for it). A
+provider's 429 pushes TAT to the release time it announced, which slows every worker down
+at once (`penalize`).
 
 Fair shares between tenants. One shared budget handed out first come, first served goes to
 whoever asks most often: a tenant with a thousand new suppliers has hundreds of batches
@@ -220,7 +222,7 @@ class RateLimiter:
             span.set_attribute("ratelimit.wait_seconds", reservation.wait)
             if not reservation.granted:
                 metrics.RATELIMIT_DEFERRED.labels(key).inc()
-                raise RateLimitWait(provider, reservation.wait)
+                raise RateLimitWait(provider, reservation.wait, window=max_wait)
             metrics.RATELIMIT_WAIT.labels(key).observe(reservation.wait)
             if reservation.wait > 0:
                 time.sleep(reservation.wait)

@@ -107,6 +107,30 @@ def test_wait_turn_sleeps_short_waits_and_raises_long_ones(redis: Redis) -> None
     assert 9 < info.value.wait_seconds <= 10
 
 
+def test_callers_sent_away_come_back_at_different_moments_and_reserve_ahead(
+    redis: Redis,
+) -> None:
+    limiter = RateLimiter(redis, headroom=0.0)
+    limiter.wait_turn("q", 6, provider="x", max_wait=1.0)  # the next slot is 10 s away
+    waits = []
+    for _ in range(20):
+        with pytest.raises(RateLimitWait) as info:
+            limiter.wait_turn("q", 6, provider="x", max_wait=1.0)
+        waits.append(info.value)
+    back = [wait.come_back_in() for wait in waits]
+    # Inside the second before the slot, where asking again reserves it; not all alike.
+    assert all(
+        w.wait_seconds - 1.0 <= b <= w.wait_seconds for w, b in zip(waits, back, strict=True)
+    )
+    assert max(back) - min(back) > 0.2, back
+    # Asking again at such a moment reserves the slot and sleeps until it.
+    limiter.wait_turn("r", 60, provider="x", max_wait=0.5)
+    with pytest.raises(RateLimitWait) as info:
+        limiter.wait_turn("r", 60, provider="x", max_wait=0.5)
+    time.sleep(info.value.come_back_in())
+    assert 0.0 <= limiter.wait_turn("r", 60, provider="x", max_wait=0.5) <= 0.5
+
+
 def test_penalize_holds_back_every_caller(redis: Redis) -> None:
     limiter = RateLimiter(redis)
     penalized = Timed.call(lambda: limiter.penalize("p", 5))
@@ -167,7 +191,7 @@ def _lookups_until(
             except RateLimitWait as exc:
                 # What a task does: come back later, not a failure.
                 counts["waits"] += 1
-                time.sleep(min(exc.wait_seconds, max(0.0, deadline - time.monotonic())))
+                time.sleep(min(exc.come_back_in(), max(0.0, deadline - time.monotonic())))
             except ProviderUnavailable:
                 counts["unavailable"] += 1
     return counts

@@ -188,7 +188,7 @@ def audit_batch(task: Task, rt: WorkerRuntime, batch_id: str) -> tuple[dict[str,
         with rt.sessions.begin() as session:
             lifecycle.rate_limited(session, batch_id, wait.provider, wait.wait_seconds)
         metrics.RETRIES.labels(PROCESS_BATCH_TASK, "rate_limit_wait", wait.provider).inc()
-        retry_later(task, wait.wait_seconds)
+        retry_later(task, wait.come_back_in())
     except ProviderCircuitOpen as opened:
         wait_for_provider(task, rt, batch_id, opened)
     except ProviderRateLimited as limited:

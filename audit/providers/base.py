@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -86,12 +87,23 @@ class ProviderRejected(ProviderError):
 
 
 class RateLimitWait(Exception):
-    """The fleet-wide limiter has no budget now; not a failure, just come back later."""
+    """The fleet-wide limiter has no budget now; not a failure, just come back later.
 
-    def __init__(self, provider: str, wait_seconds: float) -> None:
+    `window`: how long before its turn a caller may ask again and still reserve it (the
+    limiter's max_wait)."""
+
+    def __init__(self, provider: str, wait_seconds: float, window: float = 0.0) -> None:
         super().__init__(f"{provider}: rate limit, wait {wait_seconds:.2f}s")
         self.provider = provider
         self.wait_seconds = wait_seconds
+        self.window = window
+
+    def come_back_in(self) -> float:
+        """When to ask again: a random moment inside the window before the turn. Callers sent
+        away from the same slot, back all at once, raced for it in the order their processes
+        woke, the same each time (one of four lost all 25 of its turns); back at random
+        moments, the first one reserves the slot ahead, and no slot passes unused."""
+        return max(0.0, self.wait_seconds - random.uniform(0.0, self.window))
 
 
 class CnpjLookup(Protocol):

@@ -221,7 +221,7 @@ class FallbackCnpjLookup:
                 failures.append(exc)
         if waits:
             soonest = min(waits, key=lambda exc: exc.wait_seconds)
-            raise RateLimitWait(soonest.provider, soonest.wait_seconds)
+            raise RateLimitWait(soonest.provider, soonest.wait_seconds, soonest.window)
         reasons = "; ".join(str(exc) for exc in failures)
         if all(isinstance(exc, ProviderCircuitOpen) for exc in failures):
             # Every registry is down for the whole fleet: wait for the soonest probe.
