@@ -9,11 +9,13 @@ commit, the rule inputs in one, the result and the commit in one.
 Plain SQL through the driver also skips SQLAlchemy's per-statement work, which the pipeline
 could not use anyway (it reads a result's shape as soon as a statement is sent).
 
-The fetched bank rows are stored with the result, their matches set as they are inserted:
-storing them first and pairing them afterwards wrote every paired row twice (an UPDATE is a
-new row version, its indexes and its foreign-key check again). The rows of the page that
-could pay an expense are candidates straight from the page unless the condominium already
-has them stored, in which case the stored row (and whether another batch took it) counts.
+The rows of the page that could pay an expense are candidates straight from the page unless
+the condominium already has them stored, in which case the stored row (and whether another
+batch took it) counts. The new ones are stored with the result, their matches set as they
+are inserted: storing them first and pairing them afterwards wrote every paired row twice
+(an UPDATE is a new row version, its indexes and its foreign-key check again). The page's
+other rows cannot be paired by this batch: they are sent as soon as the inputs are read, and
+the server stores them while the rules run (it was most of the result's round trip).
 A transaction-level advisory lock per condominium, taken before the inputs are read, keeps
 two batches of one condominium from pairing the same debit.
 
@@ -284,19 +286,21 @@ def as_stored(record: BankTransactionRecord) -> BankTransactionRecord:
 @dataclass(frozen=True)
 class Inputs:
     """The rules' inputs: the candidates (stored ones and the page's new ones), the history
-    and the tenant's webhook subscriptions; and the page's rows, stored with the result."""
+    and the tenant's webhook subscriptions."""
 
     transactions: list[BankTransactionRecord]
     history: list[ExpenseFacts]  # the batch's suppliers' other expenses
     history_cents_by_category: dict[str, list[int]]  # the other suppliers' amounts
     webhook_events: list[list[str]]
-    fetched: list[BankTransactionRecord]
-    # The page's candidates that were not stored yet: paired, their pairing is inserted
-    # with them; any other pairing updates a stored row.
-    new_candidates: frozenset[str]
+    # The page's candidates that were not stored yet, by id: stored with the result, a
+    # pairing inserted with its row; any other pairing updates a stored row.
+    new_candidates: dict[str, BankTransactionRecord]
 
 
-def transaction_document(records: Sequence[BankTransactionRecord], matches: dict[str, int]) -> str:
+def transaction_document(
+    records: Sequence[BankTransactionRecord], matches: dict[str, int] | None = None
+) -> str:
+    matches = matches or {}
     return _json(
         [
             {
@@ -328,7 +332,8 @@ def read_inputs(
 ) -> Inputs:
     """Lock the condominium's pairings and read the stored candidates, which of the page's are
     stored already, the history and the tenant's webhook subscriptions: one round trip (call
-    inside `raw.pipeline()`)."""
+    inside `raw.pipeline()`). Then send the page's rows that no expense of the batch can pay,
+    to be stored while the caller runs the rules; the transaction's commit waits for them."""
     params: dict[str, Any] = {
         "batch_id": batch_id,
         "tenant_id": tenant_id,
@@ -371,14 +376,20 @@ def read_inputs(
     )
     known = set() if stored is None else {tx_id for (tx_id,) in stored.fetchall()}
     new_candidates = [r for r in from_page if r.id not in known]
-    return Inputs(
+    inputs = Inputs(
         transactions=transactions + new_candidates,
         history=[] if history is None else [ExpenseFacts(*row) for row in history.fetchall()],
         history_cents_by_category={} if by_category is None else dict(by_category.fetchall()),
         webhook_events=[list(events or []) for (events,) in hooks.fetchall()],
-        fetched=list(fetched.values()),
-        new_candidates=frozenset(r.id for r in new_candidates),
+        new_candidates={r.id: r for r in new_candidates},
     )
+    # Sent only now that every read's answer is in: the server answers in order, so a read
+    # queued behind this insert would wait for it.
+    candidate_ids = {r.id for r in from_page}
+    others = [r for r in fetched.values() if r.id not in candidate_ids]
+    if others:
+        raw.cursor().execute(STORE_TRANSACTIONS, {**params, "rows": transaction_document(others)})
+    return inputs
 
 
 def write_result(
@@ -393,7 +404,7 @@ def write_result(
     summary: dict[str, Any],
     audited_before: bool,
 ) -> None:
-    """Store the fetched rows with their pairings, replace the batch's findings and its
+    """Store the page's new candidates with their pairings, replace the batch's findings and its
     pairings of stored rows (those of an earlier result only when there was one), record
     SUCCESS and its audit entry: queued in the pipeline, sent with whatever follows (the
     commit). Clearing pairings that cannot exist is not free: before the table's first
@@ -409,11 +420,9 @@ def write_result(
         for expense_id, tx_id in result.matches.items()
         if tx_id in inputs.new_candidates
     }
-    if inputs.fetched:
-        raw.cursor().execute(
-            STORE_TRANSACTIONS,
-            {**params, "rows": transaction_document(inputs.fetched, inserted)},
-        )
+    if inputs.new_candidates:
+        document = transaction_document(list(inputs.new_candidates.values()), inserted)
+        raw.cursor().execute(STORE_TRANSACTIONS, {**params, "rows": document})
     updated = {e: tx for e, tx in result.matches.items() if tx not in inserted}
     if updated:
         raw.cursor().execute(

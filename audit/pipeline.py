@@ -228,7 +228,8 @@ class BatchAuditor:
         bank_data_available: bool,
     ) -> AuditOutcome:
         """`audit`'s transaction on PostgreSQL: the rules' inputs read in one round trip, the
-        fetched bank rows stored with the result and the commit in another. The tenant's webhook
+        fetched bank rows stored while the rules run (those the rules can pair, with the
+        result) and the result and the commit in another round trip. The tenant's webhook
         subscriptions are read with the inputs; only a tenant subscribed to the event takes
         the outbox's own path (record_batch_event) before the commit."""
         expenses = work.expenses
