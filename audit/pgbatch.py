@@ -5,9 +5,7 @@ sending the next: about twenty round trips a batch, each a wake-up of the server
 worker. None of these statements needs an earlier one's answer to be written (the start's
 audit entry reads the attempt from the row the update just wrote, the reads find the batch's
 rows by its id), so here they go out together: the start and its reads in one trip plus the
-commit, the rule inputs in one, the result and the commit in one. The server need not wait for
-the worker either: the rules' reads are sent before the bank page is fetched and run while it
-is, and the page's rows no expense can pay are stored while the rules run.
+commit, the rule inputs in one, the result and the commit in one.
 Plain SQL through the driver also skips SQLAlchemy's per-statement work, which the pipeline
 could not use anyway (it reads a result's shape as soon as a statement is sent).
 
@@ -16,10 +14,10 @@ the condominium already has them stored, in which case the stored row (and wheth
 batch took it) counts. The new ones are stored with the result, their matches set as they
 are inserted: storing them first and pairing them afterwards wrote every paired row twice
 (an UPDATE is a new row version, its indexes and its foreign-key check again). The page's
-other rows cannot be paired by this batch: they are sent as soon as the inputs are read (they
-were most of the result's round trip). A transaction-level advisory lock per condominium,
-taken before the inputs are read (and so held while the page is fetched), keeps two batches of
-one condominium from pairing the same debit.
+other rows cannot be paired by this batch: they are sent as soon as the inputs are read, and
+the server stores them while the rules run (it was most of the result's round trip).
+A transaction-level advisory lock per condominium, taken before the inputs are read, keeps
+two batches of one condominium from pairing the same debit.
 
 Driver errors are raised as SQLAlchemy's (OperationalError, DataError, ...), which is what the
 worker's retry policy tells apart; a broken connection is invalidated so the pool drops it.
@@ -31,7 +29,7 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP
 from typing import Any, cast
 
 import orjson
@@ -321,52 +319,47 @@ def transaction_document(
     )
 
 
-@dataclass(frozen=True)
-class SentReads:
-    """The rules' reads, sent ahead of the bank page (send_reads); their answers wait on the
-    server until read_inputs asks for them."""
-
-    params: dict[str, Any]
-    window: tuple[dt.date, dt.date] | None  # the match window; None when there are no expenses
-    amounts: frozenset[Decimal]  # what the batch's expenses could have been paid with
-    candidates: psycopg.Cursor[Any] | None
-    history: psycopg.Cursor[Any] | None
-    by_category: psycopg.Cursor[Any] | None
-    hooks: psycopg.Cursor[Any]
-
-
-def send_reads(
+def read_inputs(
     raw: psycopg.Connection[Any],
     *,
     batch_id: str,
     tenant_id: str,
     condominium_id: str,
+    records: Sequence[BankTransactionRecord],
     expenses: Sequence[ExpenseFacts],
     settings: RuleSettings,
     history_days: int,
-) -> SentReads:
-    """Lock the condominium's pairings and send the reads of the stored candidates, the
-    history and the tenant's webhook subscriptions (call inside `raw.pipeline()`), so the
-    server runs them while the caller fetches the bank page."""
+) -> Inputs:
+    """Lock the condominium's pairings and read the stored candidates, which of the page's are
+    stored already, the history and the tenant's webhook subscriptions: one round trip (call
+    inside `raw.pipeline()`). Then send the page's rows that no expense of the batch can pay,
+    to be stored while the caller runs the rules; the transaction's commit waits for them."""
     params: dict[str, Any] = {
         "batch_id": batch_id,
         "tenant_id": tenant_id,
         "condominium_id": condominium_id,
     }
-    window: tuple[dt.date, dt.date] | None = None
-    amounts: frozenset[Decimal] = frozenset()
-    candidates = history = by_category = None
+    fetched: dict[str, BankTransactionRecord] = {}
+    for record in records:  # a row listed twice is stored once, as first listed
+        fetched.setdefault(record.id, as_stored(record))
+    from_page: list[BankTransactionRecord] = []
+    candidates = stored = history = by_category = None
     if expenses:
         raw.cursor().execute(LOCK_CONDOMINIUM, {**params, "lock_space": CONDOMINIUM_LOCK_SPACE})
-        reach = dt.timedelta(days=settings.match_window_days)
+        window = dt.timedelta(days=settings.match_window_days)
         first = min(e.expense_date for e in expenses)
-        window = (first - reach, max(e.expense_date for e in expenses) + reach)
-        amounts = frozenset({e.amount for e in expenses} | {-e.amount for e in expenses})
+        start, end = first - window, max(e.expense_date for e in expenses) + window
+        amounts = {e.amount for e in expenses} | {-e.amount for e in expenses}
         candidates = raw.cursor()
         candidates.execute(
-            CANDIDATES,
-            {**params, "start": window[0], "end": window[1], "amounts": sorted(amounts)},
+            CANDIDATES, {**params, "start": start, "end": end, "amounts": sorted(amounts)}
         )
+        from_page = [r for r in fetched.values() if start <= r.date <= end and r.amount in amounts]
+        if from_page:
+            stored = raw.cursor()
+            stored.execute(
+                STORED_TRANSACTIONS, {**params, "transaction_ids": [r.id for r in from_page]}
+            )
         past = {
             **params,
             "since": first - dt.timedelta(days=history_days),
@@ -378,32 +371,6 @@ def send_reads(
         by_category.execute(HISTORY_CENTS_BY_CATEGORY, past)
     hooks = raw.cursor()
     hooks.execute(WEBHOOK_EVENTS, params)
-    return SentReads(params, window, amounts, candidates, history, by_category, hooks)
-
-
-def read_inputs(
-    raw: psycopg.Connection[Any], sent: SentReads, records: Sequence[BankTransactionRecord]
-) -> Inputs:
-    """Ask which of the page's candidates are stored already and wait for every read's
-    answer: the transaction's first wait. Then send the page's rows that no expense of the
-    batch can pay, to be stored while the caller runs the rules; the commit waits for them."""
-    fetched: dict[str, BankTransactionRecord] = {}
-    for record in records:  # a row listed twice is stored once, as first listed
-        fetched.setdefault(record.id, as_stored(record))
-    from_page: list[BankTransactionRecord] = []
-    stored = None
-    if sent.window is not None:
-        start, end = sent.window
-        from_page = [
-            r for r in fetched.values() if start <= r.date <= end and r.amount in sent.amounts
-        ]
-        if from_page:
-            stored = raw.cursor()
-            stored.execute(
-                STORED_TRANSACTIONS,
-                {**sent.params, "transaction_ids": [r.id for r in from_page]},
-            )
-    candidates, history, by_category = sent.candidates, sent.history, sent.by_category
     transactions = (
         [] if candidates is None else [BankTransactionRecord(*row) for row in candidates.fetchall()]
     )
@@ -413,7 +380,7 @@ def read_inputs(
         transactions=transactions + new_candidates,
         history=[] if history is None else [ExpenseFacts(*row) for row in history.fetchall()],
         history_cents_by_category={} if by_category is None else dict(by_category.fetchall()),
-        webhook_events=[list(events or []) for (events,) in sent.hooks.fetchall()],
+        webhook_events=[list(events or []) for (events,) in hooks.fetchall()],
         new_candidates={r.id: r for r in new_candidates},
     )
     # Sent only now that every read's answer is in: the server answers in order, so a read
@@ -421,8 +388,7 @@ def read_inputs(
     candidate_ids = {r.id for r in from_page}
     others = [r for r in fetched.values() if r.id not in candidate_ids]
     if others:
-        document = transaction_document(others)
-        raw.cursor().execute(STORE_TRANSACTIONS, {**sent.params, "rows": document})
+        raw.cursor().execute(STORE_TRANSACTIONS, {**params, "rows": transaction_document(others)})
     return inputs
 
 

@@ -5,8 +5,7 @@ findings replaces the batch's earlier ones in one transaction, so any re-run is 
 
 A batch costs a fixed number of round trips whatever its size or the condominium's history:
 the batch, its settings and its cached suppliers are read in the transaction that marks it
-started; the bank page is fetched, stored and evaluated and the result stored in one more
-(on SQLite no statement runs before the page is in, so the fetch holds no lock). Core
+started; the fetched transactions, the evaluation and the result in one more. Core
 statements read the columns the rules need (no ORM objects to build), multi-row writes are
 one statement, and every history or candidate query is bounded by an index and a date
 window (migration 0005). On PostgreSQL the same two transactions go out as psycopg pipelines
@@ -168,17 +167,26 @@ class BatchAuditor:
         return replace(work, registrations=self.suppliers.cached(cnpjs, session))
 
     def audit(self, work: BatchWork) -> AuditOutcome:
-        """Resolve the suppliers, then, in one transaction, fetch the bank page, store it,
-        evaluate and store the result."""
+        """Call the providers, then store their answers, evaluate and store the result in
+        one transaction."""
         expenses = work.expenses
         settings = RuleSettings.from_stored(work.stored_settings)
+        bank_data_available = False
+        records: list[BankTransactionRecord] = []
         with requests_for(work.tenant_id):  # provider budgets are shared fairly between tenants
             registrations = self._resolve_suppliers(work, expenses)
+            if work.account_id and self.transactions is not None and expenses:
+                window = dt.timedelta(settings.match_window_days)
+                start = min(e.expense_date for e in expenses) - window
+                end = max(e.expense_date for e in expenses) + window
+                records = self.transactions.fetch(work.account_id, start, end)
+                bank_data_available = True
 
-        with self.sessions.begin() as session:  # no statement yet: the fetch holds no lock
+        with self.sessions.begin() as session:
             if pgbatch.is_postgresql(session):
-                return self._audit_pipelined(session, work, registrations, settings)
-            records, bank_data_available = self._fetch_bank_page(work, settings)
+                return self._store_pipelined(
+                    session, work, records, registrations, settings, bank_data_available
+                )
             store_transactions(session, work.condominium_id, records)
             transactions = load_transactions(
                 session, work.condominium_id, work.batch_id, expenses, settings
@@ -210,47 +218,34 @@ class BatchAuditor:
             deliveries = record_batch_event(session, work.batch_id, EventType.BATCH_SUCCEEDED)
         return AuditOutcome(summary=summary, deliveries=deliveries)
 
-    def _fetch_bank_page(
-        self, work: BatchWork, settings: RuleSettings
-    ) -> tuple[list[BankTransactionRecord], bool]:
-        """The condominium's bank rows over the batch's match window, and whether there was
-        bank data to fetch at all (no account: the reconciliation rules stay silent)."""
-        if not (work.account_id and self.transactions is not None and work.expenses):
-            return [], False
-        window = dt.timedelta(settings.match_window_days)
-        start = min(e.expense_date for e in work.expenses) - window
-        end = max(e.expense_date for e in work.expenses) + window
-        with requests_for(work.tenant_id):
-            return self.transactions.fetch(work.account_id, start, end), True
-
-    def _audit_pipelined(
+    def _store_pipelined(
         self,
         session: Session,
         work: BatchWork,
+        records: list[BankTransactionRecord],
         registrations: dict[str, Registration],
         settings: RuleSettings,
+        bank_data_available: bool,
     ) -> AuditOutcome:
-        """`audit`'s transaction on PostgreSQL: the rules' reads go out before the bank page
-        is fetched and are answered, with which of the page's rows are stored already, in one
-        round trip once it is in; the page's rows the rules cannot pair are stored while the
-        rules run, the others with the result and the commit in the second round trip. The
-        tenant's webhook subscriptions are read with the inputs; only a tenant subscribed to
-        the event takes the outbox's own path (record_batch_event) before the commit."""
+        """`audit`'s transaction on PostgreSQL: the rules' inputs read in one round trip, the
+        fetched bank rows stored while the rules run (those the rules can pair, with the
+        result) and the result and the commit in another round trip. The tenant's webhook
+        subscriptions are read with the inputs; only a tenant subscribed to the event takes
+        the outbox's own path (record_batch_event) before the commit."""
         expenses = work.expenses
         event = EventType.BATCH_SUCCEEDED
         with pgbatch.driver(session) as raw, raw.pipeline() as pipeline:
-            sent = pgbatch.send_reads(
-                raw,
-                batch_id=work.batch_id,
-                tenant_id=work.tenant_id,
-                condominium_id=work.condominium_id,
-                expenses=expenses,
-                settings=settings,
-                history_days=HISTORY_DAYS,
-            )
-            records, bank_data_available = self._fetch_bank_page(work, settings)
             with pgbatch.round_trip(session, "audit inputs"):
-                inputs = pgbatch.read_inputs(raw, sent, records)
+                inputs = pgbatch.read_inputs(
+                    raw,
+                    batch_id=work.batch_id,
+                    tenant_id=work.tenant_id,
+                    condominium_id=work.condominium_id,
+                    records=records,
+                    expenses=expenses,
+                    settings=settings,
+                    history_days=HISTORY_DAYS,
+                )
             result = evaluate(
                 expenses,
                 registrations,

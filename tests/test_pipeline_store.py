@@ -34,7 +34,6 @@ from audit.pipeline import (
 from audit.providers.base import (
     BankTransactionRecord,
     CnpjLookup,
-    ProviderUnavailable,
     Registration,
     RegistrationStatus,
 )
@@ -475,50 +474,6 @@ def test_a_fetched_row_already_stored_counts_as_stored(database_url: str) -> Non
             )
         ).all()
     assert unpaid == [first]
-
-
-class UnavailableTransactions:
-    """A TransactionSource whose provider is down."""
-
-    name = "down"
-
-    def fetch(self, account_id: str, start: dt.date, end: dt.date) -> list[BankTransactionRecord]:
-        raise ProviderUnavailable(self.name, "503")
-
-
-def test_a_failed_bank_fetch_stores_nothing_and_holds_no_lock(database_url: str) -> None:
-    """On PostgreSQL the condominium's lock and the rules' reads go out before the bank page
-    is fetched: a fetch that fails takes them back with the transaction, and the retry (on
-    another connection as much as on this one) audits the batch."""
-    tenant_id, condominium_id = setup(database_url)
-    with session_scope(database_url) as session:
-        session.get_one(Condominium, condominium_id).pluggy_account_id = "acc"
-    batch_id = submit(database_url, condominium_id, tenant_id, [DAY])
-    sessions = session_factory(database_url)
-    down = BatchAuditor(sessions, cached_supplier(database_url), UnavailableTransactions())
-    begun = down.begin(batch_id)
-    assert begun is not None
-    with pytest.raises(ProviderUnavailable):
-        down.audit(begun[0])
-    assert pairings(database_url) == {}
-    with session_scope(database_url) as session:
-        assert session.get_one(Batch, batch_id).status == "STARTED"
-    if database_url.startswith("postgresql"):
-        engine = make_engine(database_url)
-        try:
-            with engine.connect() as other:
-                taken = other.execute(
-                    text("SELECT pg_try_advisory_xact_lock(:space, hashtext(:condominium))"),
-                    {"space": pgbatch.CONDOMINIUM_LOCK_SPACE, "condominium": condominium_id},
-                ).scalar_one()
-            assert taken, "the failed fetch left the condominium locked"
-        finally:
-            engine.dispose()
-
-    up = BatchAuditor(sessions, cached_supplier(database_url), FixedTransactions([record(0)]))
-    summary = run_batch(up, batch_id)
-    assert "NO_BANK_MATCH" not in summary["by_rule"]  # type: ignore[operator]
-    assert pairings(database_url) == {"tx0": expense_ids(database_url, batch_id)[0]}
 
 
 @pytest.mark.postgres
