@@ -227,9 +227,9 @@ class BatchAuditor:
         settings: RuleSettings,
         bank_data_available: bool,
     ) -> AuditOutcome:
-        """`audit`'s transaction on PostgreSQL: the rules' inputs read in one round trip, the
-        fetched bank rows stored while the rules run (those the rules can pair, with the
-        result) and the result and the commit in another round trip. The tenant's webhook
+        """`audit`'s transaction on PostgreSQL: the rules' inputs read in one round trip; the
+        page's rows no expense can pay stored while the rules run; the candidates with their
+        pairings, the result and the commit in another round trip. The tenant's webhook
         subscriptions are read with the inputs; only a tenant subscribed to the event takes
         the outbox's own path (record_batch_event) before the commit."""
         expenses = work.expenses
