@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from audit.asyncdb import AsyncReader
 from audit.auditlog import AuditEvent, AuditLogService
+from audit.db import json_document
 from audit.idempotency import IdempotencyKeyInFlight, IdempotencyKeyReused
 from audit.models import AuditLogEntry, Batch, Condominium, Expense, Finding, new_id, utcnow
 from audit.tracing_context import current_trace_id
@@ -183,7 +183,7 @@ def _insert_expenses(
             {
                 "batch_id": batch_id,
                 "condominium_id": condominium_id,
-                "expenses": json.dumps(document, separators=(",", ":")),
+                "expenses": json_document(document),
             },
         )
         return

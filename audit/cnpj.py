@@ -8,6 +8,7 @@ check-digit algorithm, where a character's value is its ASCII code minus 48.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 _MASK = re.compile(r"[.\-/\s]")
@@ -36,6 +37,14 @@ def normalize_cnpj(text: str) -> str:
     """Canonical 14 upper-case characters, or InvalidCNPJ with the reason."""
     if not isinstance(text, str):
         raise InvalidCNPJ("CNPJ must be a string")
+    return _normalized(text)
+
+
+@lru_cache(maxsize=16384)
+def _normalized(text: str) -> str:
+    """Cached: a month's batches name the same suppliers over and over, and each expense's
+    CNPJ is checked as the API takes it and again in the worker (5 us a check, 50 a batch).
+    A refusal is not cached; it raises again each time."""
     compact = _MASK.sub("", text).upper()
     if len(compact) != 14:
         raise InvalidCNPJ(f"CNPJ must have 14 characters without the mask, got {len(compact)}")

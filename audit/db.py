@@ -6,7 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
+import orjson
 import sqlalchemy
 from alembic import command
 from alembic.config import Config
@@ -106,3 +108,10 @@ def upgrade_database(database_url: str, revision: str = "head") -> None:
     """Bring the schema to `revision`; safe to run on every start."""
     ensure_sqlite_directory(database_url)
     command.upgrade(alembic_config(database_url), revision)
+
+
+def json_document(value: Any) -> str:
+    """A JSON document for a statement's parameter (a batch's expenses, a page of bank rows,
+    findings): orjson writes it in about a tenth of the standard library's time, UTF-8 rather
+    than \\u escapes, the same JSON to PostgreSQL."""
+    return orjson.dumps(value).decode()

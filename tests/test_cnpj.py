@@ -40,6 +40,16 @@ def test_invalid_cnpjs_are_rejected_with_the_reason(text: str, reason: str) -> N
         normalize_cnpj(text)
 
 
+def test_a_refused_cnpj_stays_refused_and_a_checked_one_keeps_its_answer() -> None:
+    """Checks are cached: asking again must give the same answer, refusals included."""
+    for _ in range(3):
+        assert normalize_cnpj("11.222.333/0001-81") == "11222333000181"
+        with pytest.raises(InvalidCNPJ, match="expected 81"):
+            normalize_cnpj("11.222.333/0001-82")
+    with pytest.raises(InvalidCNPJ, match="must be a string"):
+        normalize_cnpj(11222333000181)  # type: ignore[arg-type]
+
+
 def test_check_digits_follow_the_ascii_minus_48_rule() -> None:
     # A = 17 in the Receita's table: a base made of letters still yields numeric digits.
     digits = check_digits("ABCDEFGH0001")
