@@ -76,3 +76,32 @@ def test_runs_on_several_threads_share_the_renewer(redis: Redis) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_the_renewer_ends_when_idle_and_a_later_lease_starts_another(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit import leases as module
+
+    monkeypatch.setattr(module._Renewer, "IDLE_SECONDS", 2 * LEASE)
+    leases = BatchLeases(redis, LEASE)
+
+    def renewers() -> int:
+        return [t.name for t in threading.enumerate()].count("lease")
+
+    before = renewers()
+    value = leases.acquire("early").value
+    assert value is not None
+    with leases.kept("early", value):
+        time.sleep(0.05)
+    assert renewers() == before + 1
+    deadline = time.monotonic() + 4 * LEASE
+    while renewers() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert renewers() == before  # idle: no thread left behind
+
+    later = leases.acquire("later").value
+    assert later is not None
+    with leases.kept("later", later):
+        time.sleep(3 * LEASE)  # alive only if the new renewer renews it
+        assert redis.get(PREFIX + "later") == later.encode()

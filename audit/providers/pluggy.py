@@ -16,6 +16,7 @@ import time
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -161,15 +162,19 @@ class PluggyTransactions:
                 self.name,
                 self.transactions_budget,
                 "GET",
-                f"{self.base_url}/transactions",
+                # The query written here, not passed as `params`: httpx's merging of them
+                # into the URL cost a fourth of the request's own CPU.
+                f"{self.base_url}/transactions?"
+                + urlencode(
+                    {
+                        "accountId": account_id,
+                        "from": start.isoformat(),
+                        "to": end.isoformat(),
+                        "page": page,
+                        "pageSize": PAGE_SIZE,
+                    }
+                ),
                 endpoint="/transactions",
-                params={
-                    "accountId": account_id,
-                    "from": start.isoformat(),
-                    "to": end.isoformat(),
-                    "page": page,
-                    "pageSize": PAGE_SIZE,
-                },
                 headers={"X-API-KEY": key},
             )
             if response.status_code in (401, 403) and not reauthenticated:
