@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from redis import Redis
 
-from audit.leases import PREFIX, BatchLeases
+from audit.leases import PREFIX, BatchLeases, _Renewer
 
 LEASE = 0.6  # seconds: renewed every 0.2 s while kept
 
@@ -81,9 +81,7 @@ def test_runs_on_several_threads_share_the_renewer(redis: Redis) -> None:
 def test_the_renewer_ends_when_idle_and_a_later_lease_starts_another(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit import leases as module
-
-    monkeypatch.setattr(module._Renewer, "IDLE_SECONDS", 2 * LEASE)
+    monkeypatch.setattr(_Renewer, "IDLE_SECONDS", 2 * LEASE)
     leases = BatchLeases(redis, LEASE)
 
     def renewers() -> set[threading.Thread]:
