@@ -29,10 +29,11 @@ from typing import Any
 # Worker throughput, expenses audited per second by one Celery process with a warm supplier
 # cache, PostgreSQL 15, the bank month fetched from the simulator at 0 ms:
 # `python -m bench.worker_throughput` measured 2,239 to 2,519/s in five runs (median 2,343,
-# about 52.5 expenses per batch; a no-op task runs at 360 to 420/s in the same worker) on this
+# about 52.5 expenses per batch; a no-op task runs at 360 to 420/s in the same worker) on a
 # 2-core machine, with the candidate query on the (condominium_id, date, amount) index. A faster
-# machine measured 3,977 to 4,837/s with today's code (docs/performance.md); the slower figure
-# stays, so the sizing holds on a slow node (the providers set the fleet at either).
+# machine measured 3,977 to 4,837/s with the code of 2026-12-06 (docs/performance.md); the
+# slower figure stays, so the sizing holds on a slow node (the providers set the fleet at
+# either).
 MEASURED_AUDIT_RATE_PER_PROCESS = 2340.0
 AUDIT_RATE_IS_PLACEHOLDER = False
 # Requests per second one API replica (uvicorn, 2 processes, 2 cores) serves at the month-end
